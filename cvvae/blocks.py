@@ -1,0 +1,267 @@
+"""Building blocks of the CV-VAE encoder and decoder.
+
+Tensors are ``[B, C, T, H, W]`` throughout. Module and parameter names follow the released
+checkpoint (the CompVis/ldm layout: ``down.{i}.block.{j}``, ``mid.attn_1.q``, ``norm_out`` ...),
+so the released safetensors state dict loads strictly.
+
+Conventions of the released model kept here (see the project's reference facts):
+- encoder 3-D convs are causal in time (first frame replicated twice in front), decoder 3-D convs
+  are zero padded in time; spatial padding is zeros;
+- the second conv of every res block is a per-frame 2-D conv (weights ``[O, I, 3, 3]``);
+- GroupNorm in res blocks spans channels-in-group x all frames x H x W (``PooledGroupNorm`` can
+  instead use statistics pooled over every tile of a clip, see ``cvvae.tiling``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GROUPNORM_EPS = 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------
+
+
+class NormStats:
+    """Per-(sample, group) GroupNorm statistics shared by every tile of one clip.
+
+    ``mode`` is ``"record"`` (normalise with the tile's own statistics and add them to running
+    sums) or ``"apply"`` (normalise with the pooled statistics of the last record pass).
+    """
+
+    def __init__(self) -> None:
+        self.mode = "record"
+        self._sums: dict[int, list[torch.Tensor]] = {}
+        self._pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(self, key: int, x: torch.Tensor, groups: int) -> None:
+        xg = x.detach().reshape(x.shape[0], groups, -1).double()  # (B, G, N)
+        s = [xg.sum(-1), (xg * xg).sum(-1), torch.full_like(xg[:, :, 0], xg.shape[-1])]
+        if key in self._sums:
+            s = [a + b for a, b in zip(self._sums[key], s)]
+        self._sums[key] = s
+
+    def pool(self) -> None:
+        """Turn the running sums into mean and variance, and switch to ``apply`` mode."""
+        self._pooled = {}
+        for key, (s, sq, n) in self._sums.items():
+            mean = s / n
+            var = (sq / n - mean * mean).clamp_min(0)
+            self._pooled[key] = (mean, var)
+        self._sums = {}
+        self.mode = "apply"
+
+    def get(self, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._pooled[key]
+
+
+class PooledGroupNorm(nn.GroupNorm):
+    """GroupNorm over ``[B, C, ...]`` whose statistics can be pooled across tiles of a clip."""
+
+    stats: NormStats | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stats = self.stats
+        if stats is None:
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        if stats.mode == "record":
+            stats.record(id(self), x, self.num_groups)
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        mean, var = stats.get(id(self))  # (B, G) each
+        b, c = x.shape[:2]
+        shape = (b, self.num_groups, -1)
+        inv = torch.rsqrt(var + self.eps).to(x.dtype)
+        xg = (x.reshape(shape) - mean.to(x.dtype)[..., None]) * inv[..., None]  # (B, G, N)
+        xg = xg.reshape(x.shape)
+        affine = (1, c) + (1,) * (x.dim() - 2)
+        return xg * self.weight.reshape(affine) + self.bias.reshape(affine)
+
+
+def group_norm(channels: int, groups: int) -> PooledGroupNorm:
+    return PooledGroupNorm(groups, channels, eps=GROUPNORM_EPS, affine=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutions
+# --------------------------------------------------------------------------------------------
+
+
+def _repeat_first_frame(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Prepend ``n`` copies of frame 0: ``[B, C, T, H, W] -> [B, C, T + n, H, W]``."""
+    return torch.cat([x[:, :, :1].expand(-1, -1, n, -1, -1), x], dim=2)
+
+
+class CausalConv3d(nn.Conv3d):
+    """3-D conv, zero padded in space, causal in time (frame 0 replicated ``k - 1`` times)."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
+        p = kernel_size // 2
+        super().__init__(cin, cout, kernel_size, padding=(0, p, p))
+        self.time_pad = kernel_size - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.time_pad:
+            x = _repeat_first_frame(x, self.time_pad)
+        return super().forward(x)
+
+
+class PlainConv3d(nn.Conv3d):
+    """3-D conv zero padded in time and space (the decoder's non-causal conv)."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
+        super().__init__(cin, cout, kernel_size, padding=kernel_size // 2)
+
+
+class FrameConv2d(nn.Conv2d):
+    """2-D conv applied to every frame; weights stay ``[O, I, k, k]`` as in the release.
+
+    Runs as a 3-D conv with a temporal kernel of 1, so frames never fold into the batch.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
+        super().__init__(cin, cout, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.kernel_size[0] // 2
+        return F.conv3d(x, self.weight.unsqueeze(2), self.bias, padding=(0, p, p))
+
+
+def make_conv(kind: str, cin: int, cout: int, kernel_size: int) -> nn.Module:
+    """``kind`` is ``causal``, ``plain`` (3-D) or ``frame`` (per-frame 2-D)."""
+    return {"causal": CausalConv3d, "plain": PlainConv3d, "frame": FrameConv2d}[kind](cin, cout, kernel_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Res block, samplers
+# --------------------------------------------------------------------------------------------
+
+
+class ResBlock(nn.Module):
+    """GN -> SiLU -> conv1 (3-D) -> GN -> SiLU -> dropout -> conv2 (per frame) + shortcut."""
+
+    def __init__(self, cin: int, cout: int, conv_kind: str, second_kind: str, groups: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = group_norm(cin, groups)
+        self.conv1 = make_conv(conv_kind, cin, cout, 3)
+        self.norm2 = group_norm(cout, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = make_conv(second_kind, cout, cout, 3)
+        if cin != cout:
+            self.nin_shortcut = make_conv(conv_kind, cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+        return shortcut + h
+
+
+class Downsample(nn.Module):
+    """Stride-2 conv in space (and in time when ``time``); T -> 1 + (T - 1) // 2, H -> H // 2."""
+
+    def __init__(self, channels: int, time: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, stride=(2 if time else 1, 2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _repeat_first_frame(x, 2)
+        x = F.pad(x, (0, 1, 0, 1))  # one zero column right, one zero row at the bottom
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest x2 in space; with ``time``, conv channel halves become interleaved frames (T -> 2T - 1)."""
+
+    def __init__(self, channels: int, time: bool) -> None:
+        super().__init__()
+        self.time = time
+        self.conv = nn.Conv3d(channels, channels * (2 if time else 1), 3, padding=(0, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
+        x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)  # replicate one frame at each end
+        x = self.conv(x)
+        if not self.time:
+            return x
+        b, c2, t, h, w = x.shape
+        # (B, 2C, T, H, W) -> (B, C, T, 2, H, W) -> (B, C, 2T, H, W): frame 2t + n from half n
+        x = x.view(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)
+        return x[:, :, 1:]
+
+
+# --------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------
+
+
+def _frames_to_batch(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T, H, W] -> [(B T), C, H, W]``."""
+    b, c, t, h, w = x.shape
+    return x.transpose(1, 2).reshape(b * t, c, h, w)
+
+
+def _batch_to_frames(x: torch.Tensor, t: int) -> torch.Tensor:
+    """``[(B T), C, H, W] -> [B, C, T, H, W]``."""
+    bt, c, h, w = x.shape
+    return x.reshape(bt // t, t, c, h, w).transpose(1, 2)
+
+
+class SpatialAttention(nn.Module):
+    """Single-head self-attention over the pixels of each frame (per-frame GroupNorm)."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=GROUPNORM_EPS, affine=True)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention branch without its residual, ``[B, C, T, H, W]`` in and out."""
+        t = x.shape[2]
+        h = self.norm(_frames_to_batch(x))  # (BT, C, H, W)
+        bt, c, hh, ww = h.shape
+        q, k, v = (m(h).flatten(2).transpose(1, 2) for m in (self.q, self.k, self.v))  # (BT, HW, C)
+        a = F.scaled_dot_product_attention(q, k, v)
+        a = a.transpose(1, 2).reshape(bt, c, hh, ww)
+        return _batch_to_frames(self.proj_out(a), t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attend(x)
+
+
+class SpatialTemporalAttention(SpatialAttention):
+    """Spatial attention, then single-head attention over time at every pixel; one residual."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__(channels, groups)
+        self.norm_t = nn.LayerNorm(channels, eps=GROUPNORM_EPS)
+        self.q_t = nn.Linear(channels, channels)
+        self.k_t = nn.Linear(channels, channels)
+        self.v_t = nn.Linear(channels, channels)
+        self.proj_out_t = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.attend(x)
+        b, c, t, h, w = s.shape
+        s = s.permute(0, 3, 4, 2, 1).reshape(b * h * w, t, c)  # (B H W, T, C)
+        y = self.norm_t(s)
+        a = F.scaled_dot_product_attention(self.q_t(y), self.k_t(y), self.v_t(y))
+        u = self.proj_out_t(a).reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2)  # (B, C, T, H, W)
+        return x + u
+
+
+def make_attention(attn_type: str, channels: int, groups: int) -> nn.Module:
+    if attn_type in ("vanilla", "vanilla-xformers"):
+        return SpatialAttention(channels, groups)
+    if attn_type in ("spatial-temporal", "spatial-temporal-xformer"):
+        return SpatialTemporalAttention(channels, groups)
+    raise ValueError(
+        f"unsupported attention type {attn_type!r}: use 'vanilla-xformers' (encoder) or "
+        "'spatial-temporal-xformer' (decoder), the released model's types"
+    )

@@ -1,0 +1,45 @@
+"""Where weights come from: local folders and hub ids, with errors that say how to get them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+PICKLE_GLOBS = ("*.ckpt", "*.bin", "*.pt", "*.pth")
+
+
+def check_local_weights(folder: Path, allow_pickle: bool) -> None:
+    """Fail early and clearly on a local folder that holds no loadable model."""
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(
+            f"{folder} holds no config.json, so it is not a model folder "
+            "(for the released weights use AILab-CVC/CV-VAE with subfolder vae3d_v1-1, or a folder saved by save_pretrained)"
+        )
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = [p.name for g in PICKLE_GLOBS for p in folder.glob(g)]
+    if pickles and not allow_pickle:
+        raise ModelLoadError(
+            f"{folder} only has pickle weights ({', '.join(pickles)}); unpickling can run arbitrary code, so it is "
+            "refused. Convert them to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the file"
+        )
+    if not pickles:
+        raise ModelLoadError(f"{folder} holds no weights (*.safetensors) next to its config.json")
+
+
+def hub_error(model_id: str, subfolder: str | None, err: Exception) -> ModelLoadError:
+    """An actionable message for weights that could not be found locally or on the hub."""
+    where = model_id + (f" (subfolder {subfolder})" if subfolder else "")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    hint = (
+        "HF_HUB_OFFLINE is set, so nothing is downloaded: " if offline else "it could not be downloaded: "
+    ) + (
+        f"run `huggingface-cli download {model_id}` on a machine with network access and copy the cache to {cache}, "
+        "or pass a local folder that holds config.json and the safetensors weights"
+    )
+    return ModelLoadError(f"could not load {where}: {hint} ({type(err).__name__}: {str(err).splitlines()[0][:200]})")

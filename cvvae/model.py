@@ -1,0 +1,251 @@
+"""``CVVAEModel``: the CV-VAE 3-D video VAE (SD 2.1 / SVD-compatible latents).
+
+Checkpoint-compatible with the released ``AILab-CVC/CV-VAE`` weights (``vae3d``, ``vae3d_v1-1``).
+Videos are ``[B, 3, T, H, W]`` in [-1, 1] (images ``[B, 3, H, W]``); latents are raw (no scaling
+inside: ``config.scaling_factor`` belongs at a diffusion model's boundary) and have
+``1 + (T - 1) // 4`` frames of ``H / 8 x W / 8``.
+
+Inputs whose length is not ``1 + 4k`` or whose size is not a multiple of 8 are padded (last
+frame repeated, edge pixels replicated) instead of silently cropped: their latents cover the
+padded clip, and ``forward`` trims the reconstruction back to the input's frames and size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.models.modeling_utils import ModelMixin
+from torch.nn import functional as F
+
+from .errors import InputError, ModelLoadError
+from .networks import Decoder, Encoder
+from .tiling import TilingSettings, tiled_decode, tiled_encode
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class CVVAEPosterior(DiagonalGaussianDistribution):
+    """Diagonal Gaussian over the latent moments; ``kl`` sums over every non-batch dim (5-D safe)."""
+
+    def kl(self, other: DiagonalGaussianDistribution | None = None) -> torch.Tensor:
+        dims = list(range(1, self.mean.dim()))
+        if self.deterministic:
+            return self.mean.new_zeros(self.mean.shape[0])
+        if other is None:
+            return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=dims)
+        return 0.5 * torch.sum(
+            (self.mean - other.mean).pow(2) / other.var + self.var / other.var - 1.0 - self.logvar + other.logvar,
+            dim=dims,
+        )
+
+
+def padded_length(frames: int) -> int:
+    """Smallest ``1 + 4k >= frames``."""
+    return 1 + 4 * -(-(frames - 1) // 4)
+
+
+def latent_frames(frames: int) -> int:
+    """Latent frames for ``frames`` video frames (after padding to ``1 + 4k``)."""
+    return 1 + (padded_length(frames) - 1) // 4
+
+
+def video_frames(latents: int) -> int:
+    """Video frames decoded from ``latents`` latent frames: ``1 + 4 (n - 1)``."""
+    return 1 + 4 * (latents - 1)
+
+
+class CVVAEModel(ModelMixin, ConfigMixin):
+    """CV-VAE with the released ``config.json`` keys.
+
+    The released runtime keys ``en_de_n_frames_a_time`` (frames per temporal window),
+    ``tile_spatial_size`` (pixel tile size) and ``tile_overlap_ratio`` are the defaults of the
+    tiling settings (``None`` disables an axis); change them with ``enable_tiling`` /
+    ``disable_tiling`` or override them in ``from_pretrained(...)``. ``norm_num_groups`` is our
+    one addition (default 32, as in the release) so tests can build tiny models.
+    """
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        double_z: bool = True,
+        z_channels: int = 4,
+        in_channels: int = 3,
+        out_ch: int = 3,
+        ch: int = 128,
+        ch_mult: tuple[int, ...] = (1, 2, 4, 4),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (),
+        dropout: float = 0.0,
+        use_3d_conv: bool = True,
+        half_3d: bool = True,
+        causal_encoder: bool = True,
+        causal_decoder: bool = False,
+        encoder_attn_type: str = "vanilla-xformers",
+        decoder_attn_type: str = "spatial-temporal-xformer",
+        scaling_factor: float = 0.18215,
+        force_upcast: bool = True,
+        en_de_n_frames_a_time: int | None = 16,
+        time_n_compress: int = 4,
+        spatial_n_compress: int = 8,
+        tile_spatial_size: int | None = 576,
+        num_video_frames: int | None = None,
+        tile_overlap_ratio: float = 0.2222,
+        reshape_z_dim_to_4: bool = False,
+        reshape_x_dim_to_4: bool = False,
+        norm_num_groups: int = 32,
+    ) -> None:
+        super().__init__()
+        if len(ch_mult) != 4 or time_n_compress != 4 or spatial_n_compress != 8:
+            raise ValueError("CV-VAE has 4 levels (ch_mult of length 4): 4x temporal and 8x spatial compression")
+        if attn_resolutions:
+            raise ValueError("attn_resolutions is not supported: the released model has attention in the mid block only")
+        if ch % norm_num_groups:
+            raise ValueError(f"ch={ch} must be divisible by norm_num_groups={norm_num_groups}")
+        common = dict(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks, groups=norm_num_groups,
+                      dropout=dropout, use_3d_conv=use_3d_conv, half_3d=half_3d)
+        self.encoder = Encoder(in_channels, z_channels, double_z=double_z, causal=causal_encoder,
+                               attn_type=encoder_attn_type, **common)
+        self.decoder = Decoder(out_ch, z_channels, causal=causal_decoder, attn_type=decoder_attn_type, **common)
+        self.tiling = TilingSettings(en_de_n_frames_a_time, tile_spatial_size, tile_overlap_ratio)
+
+    # ----------------------------------------------------------------------------- tiling
+
+    def enable_tiling(
+        self,
+        frames_per_window: int | None = 16,
+        tile_size: int | None = 576,
+        overlap: float = 0.2222,
+        temporal_overlap: int = 2,
+        norm: str = "pooled",
+    ) -> None:
+        """Process long/large clips in overlapping windows and tiles (see ``cvvae.tiling``)."""
+        self.tiling = TilingSettings(frames_per_window, tile_size, overlap, temporal_overlap, norm)
+
+    def disable_tiling(self) -> None:
+        """Process every clip whole (fastest; memory grows with frames and size)."""
+        self.tiling = TilingSettings(None, None, self.tiling.overlap, 1, self.tiling.norm)
+
+    # ----------------------------------------------------------------------------- shapes
+
+    def _as_video(self, x: torch.Tensor, what: str, channels: int, frames: int | None) -> tuple[torch.Tensor, bool]:
+        """Accept ``[B, C, T, H, W]`` or ``[B, C, H, W]`` (``(B T)`` folded when ``frames`` is set)."""
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise InputError(f"{what} must be a floating-point tensor, got {type(x).__name__}")
+        if x.dim() == 4:
+            if frames:
+                if x.shape[0] % frames:
+                    raise InputError(f"{what} of {x.shape[0]} images cannot be split into clips of {frames} frames")
+                return x.reshape(-1, frames, *x.shape[1:]).transpose(1, 2), True
+            return x.unsqueeze(2), True
+        if x.dim() != 5:
+            raise InputError(f"{what} must be [B, C, T, H, W] or [B, C, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != channels:
+            raise InputError(f"{what} must have {channels} channels in dim 1 (layout [B, C, T, H, W]), got {tuple(x.shape)}")
+        if 0 in x.shape:
+            raise InputError(f"{what} is empty: shape {tuple(x.shape)}")
+        return x, False
+
+    @staticmethod
+    def _pad(x: torch.Tensor) -> torch.Tensor:
+        """Repeat the last frame up to ``1 + 4k`` frames and edge pixels up to multiples of 8."""
+        t, h, w = x.shape[2:]
+        t_pad, h_pad, w_pad = padded_length(t) - t, -h % 8, -w % 8
+        if t_pad:
+            x = torch.cat([x, x[:, :, -1:].expand(-1, -1, t_pad, -1, -1)], dim=2)
+        if h_pad or w_pad:
+            x = F.pad(x, (0, w_pad, 0, h_pad), mode="replicate")
+        return x
+
+    # ----------------------------------------------------------------------------- encode / decode
+
+    def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple[CVVAEPosterior]:
+        """Encode a video ``[B, 3, T, H, W]`` (or images ``[B, 3, H, W]``) in [-1, 1].
+
+        Returns the posterior over raw latents ``[B, 4, 1 + (T' - 1) // 4, H' / 8, W' / 8]`` where
+        ``T'``, ``H'``, ``W'`` are the input's sizes padded to ``1 + 4k`` and multiples of 8.
+        """
+        x, _ = self._as_video(x, "encode input", self.config.in_channels, self.config.num_video_frames)
+        x = self._pad(x)
+        moments_channels = self.config.z_channels * (2 if self.config.double_z else 1)
+        moments = tiled_encode(self.encoder, x, self.tiling, moments_channels)
+        if not self.config.double_z:
+            moments = torch.cat([moments, torch.zeros_like(moments)], dim=1)
+        posterior = CVVAEPosterior(moments)
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    def decode(
+        self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        """Decode raw latents ``[B, 4, n, h, w]`` into ``[B, 3, 1 + 4 (n - 1), 8 h, 8 w]``.
+
+        A 4-D latent ``[(B n), 4, h, w]`` is split into clips of ``num_frames`` latent frames
+        (or the configured ``num_video_frames``' latent count, else one frame each).
+        """
+        frames = num_frames
+        if frames is None and self.config.num_video_frames:
+            frames = latent_frames(self.config.num_video_frames)
+        z, _ = self._as_video(z, "decode input", self.config.z_channels, frames)
+        x = tiled_decode(self.decoder, z, self.tiling, self.config.out_ch)
+        if self.config.reshape_x_dim_to_4:
+            x = x.transpose(1, 2).flatten(0, 1)  # (B, C, T, H, W) -> ((B T), C, H, W)
+        return DecoderOutput(sample=x) if return_dict else (x,)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        sample_posterior: bool = False,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        """Reconstruct ``sample``, trimmed back to its own frames and size."""
+        video, was_4d = self._as_video(sample, "input", self.config.in_channels, self.config.num_video_frames)
+        posterior = self.encode(video).latent_dist
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        x = tiled_decode(self.decoder, z, self.tiling, self.config.out_ch)
+        t, h, w = video.shape[2:]
+        x = x[:, :, :t, :h, :w]
+        if was_4d:
+            x = x.transpose(1, 2).flatten(0, 1)  # (B, C, T, H, W) -> ((B T), C, H, W)
+        return DecoderOutput(sample=x) if return_dict else (x,)
+
+    # ----------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args, allow_pickle: bool = False, **kwargs):
+        """Load released or saved weights **strictly** (every key present, same shapes).
+
+        ``pretrained_model_name_or_path`` is a local folder or a hub id (``AILab-CVC/CV-VAE`` with
+        ``subfolder="vae3d_v1-1"`` or ``"vae3d"``). Config keys passed as keyword arguments
+        override ``config.json`` (e.g. ``tile_spatial_size=None``). Pickle checkpoints (``.ckpt``,
+        ``.bin``) can run arbitrary code when loaded and are refused unless ``allow_pickle=True``.
+        """
+        from .loading import check_local_weights, hub_error
+
+        path = Path(pretrained_model_name_or_path)
+        if path.suffix in PICKLE_SUFFIXES or path.suffix == ".safetensors":
+            raise ModelLoadError(
+                f"{path} is a weights file; pass the folder that holds it together with its config.json"
+            )
+        if path.exists():
+            check_local_weights(path / (kwargs.get("subfolder") or ""), allow_pickle)
+        kwargs.setdefault("use_safetensors", None if allow_pickle else True)
+        kwargs["output_loading_info"] = True
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (OSError, EnvironmentError) as err:
+            raise hub_error(str(pretrained_model_name_or_path), kwargs.get("subfolder"), err) from err
+        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if problems:
+            details = "; ".join(f"{k.replace('_', ' ')}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
+            raise ModelLoadError(
+                f"{pretrained_model_name_or_path} does not hold a CV-VAE state dict matching its config.json "
+                f"({details}); check the folder, the subfolder and the config"
+            )
+        return model
