@@ -43,3 +43,46 @@ def hub_error(model_id: str, subfolder: str | None, err: Exception) -> ModelLoad
         "or pass a local folder that holds config.json and the safetensors weights"
     )
     return ModelLoadError(f"could not load {where}: {hint} ({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+
+
+# A CV-VAE small enough for CPU tests and machines without weights, with the released structure.
+TINY_VAE_CONFIG = dict(ch=8, ch_mult=(1, 1, 2, 2), norm_num_groups=4, num_res_blocks=1)
+RANDOM_WEIGHTS_NOTICE = "outputs come from RANDOM weights (the 'tiny' preset): they show the mechanics, not quality"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Named models shipped in the repository (folders with config.json + safetensors).
+NAMED_MODELS = {"nano": REPO_ROOT / "assets" / "nano" / "cvvae"}
+
+
+def build_tiny_vae(seed: int = 0):
+    """A random tiny ``CVVAEModel`` built in-process (no download), in eval mode."""
+    import torch
+
+    from .model import CVVAEModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return CVVAEModel(**TINY_VAE_CONFIG).eval()
+
+
+def load_vae(
+    model: str | Path,
+    subfolder: str | None = None,
+    device: str | None = None,
+    dtype=None,
+    allow_pickle: bool = False,
+    **config_overrides,
+):
+    """Load a CV-VAE by name (``tiny``, ``nano``), local folder or hub id, onto ``device``."""
+    from .model import CVVAEModel
+
+    name = str(model)
+    if name == "tiny":
+        vae = build_tiny_vae()
+    else:
+        path = NAMED_MODELS.get(name, model)
+        if name in NAMED_MODELS and not Path(path).is_dir():
+            raise ModelLoadError(f"the '{name}' model is not in this checkout ({path} is missing)")
+        vae = CVVAEModel.from_pretrained(path, subfolder=subfolder, allow_pickle=allow_pickle, **config_overrides)
+    if dtype is not None:
+        vae = vae.to(dtype=dtype)
+    return vae.to(device=device).eval()
