@@ -122,7 +122,7 @@ class CVVAEModel(ModelMixin, ConfigMixin):
         frames_per_window: int | None = 16,
         tile_size: int | None = 576,
         overlap: float = 0.2222,
-        temporal_overlap: int = 2,
+        temporal_overlap: int | None = None,
         norm: str = "pooled",
     ) -> None:
         """Process long/large clips in overlapping windows and tiles (see ``cvvae.tiling``)."""
@@ -160,7 +160,7 @@ class CVVAEModel(ModelMixin, ConfigMixin):
         if t_pad:
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, t_pad, -1, -1)], dim=2)
         if h_pad or w_pad:
-            x = F.pad(x, (0, w_pad, 0, h_pad), mode="replicate")
+            x = F.pad(x, (0, w_pad, 0, h_pad, 0, 0), mode="replicate")
         return x
 
     # ----------------------------------------------------------------------------- encode / decode

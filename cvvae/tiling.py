@@ -39,14 +39,15 @@ class TilingSettings:
             ``en_de_n_frames_a_time``). A window holds ``frames_per_window + 1`` frames.
         tile_size: pixel tile size (a multiple of 8; the released ``tile_spatial_size``).
         overlap: fraction of a tile shared with its neighbour (the released ``tile_overlap_ratio``).
-        temporal_overlap: latent frames shared by consecutive windows (at least 1).
+        temporal_overlap: latent frames shared by consecutive windows (default: 2, or 1 for
+            windows of 4 frames).
         norm: ``"pooled"`` (GroupNorm statistics of the whole clip, two passes) or ``"tile"``.
     """
 
     frames_per_window: int | None = 16
     tile_size: int | None = 576
     overlap: float = 0.2222
-    temporal_overlap: int = 2
+    temporal_overlap: int | None = None
     norm: str = "pooled"
 
     def __post_init__(self) -> None:
@@ -56,6 +57,8 @@ class TilingSettings:
             raise ValueError(f"tile_size must be a multiple of 8 and at least 16 pixels, got {self.tile_size}")
         if not 0.0 <= self.overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {self.overlap}")
+        if self.temporal_overlap is None:
+            self.temporal_overlap = 1 if self.frames_per_window in (None, 4) else 2
         if self.frames_per_window is not None and not 1 <= self.temporal_overlap <= self.frames_per_window // 4:
             raise ValueError(
                 f"temporal_overlap must be between 1 and frames_per_window / 4 latent frames, got {self.temporal_overlap}"

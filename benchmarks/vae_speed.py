@@ -1,0 +1,166 @@
+"""CV-VAE encode/decode speed, memory, FLOPs and numerical error (random weights: speed does not
+depend on their values).
+
+    python -m benchmarks.vae_speed --out benchmarks/results            # CUDA, full table
+    python -m benchmarks.vae_speed --device cpu --small --repeats 1    # smoke test anywhere
+
+For each case (work, precision, tiling) it reports the median of ``--repeats`` synchronised runs
+after a warm-up, frames per second, peak memory, FLOPs (torch FlopCounterMode, counted once) and
+achieved TFLOP/s, and the error of the fast path against our fp32 path on the same input (max and
+mean absolute error, PSNR between the two outputs). Writes ``vae_speed.json`` and ``vae_speed.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cvvae import CVVAEModel
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Case:
+    work: str  # "encode" or "decode"
+    frames: int  # video frames (decode: produced frames)
+    height: int
+    width: int
+
+
+FULL = [Case("encode", 17, 576, 1024), Case("decode", 17, 576, 1024), Case("encode", 97, 576, 1024),
+        Case("decode", 97, 576, 1024), Case("encode", 385, 576, 1024), Case("decode", 385, 576, 1024)]
+SMALL = [Case("encode", 17, 64, 96), Case("decode", 17, 64, 96)]
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_input(case: Case, device: str, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if case.work == "encode":
+        x = torch.rand(1, 3, case.frames, case.height, case.width, generator=g) * 2 - 1
+    else:
+        x = torch.randn(1, 4, 1 + (case.frames - 1) // 4, case.height // 8, case.width // 8, generator=g)
+    return x.to(device)
+
+
+def run_once(model: CVVAEModel, case: Case, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        if case.work == "encode":
+            return model.encode(x).latent_dist.mean
+        return model.decode(x).sample
+
+
+def time_case(model, case, x, device, repeats) -> tuple[float, float, torch.Tensor]:
+    y = run_once(model, case, x)  # warm-up (cuDNN autotuning, allocator)
+    times = []
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        y = run_once(model, case, x)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    return statistics.median(times), peak, y
+
+
+def count_flops(model, case, x) -> float:
+    with FlopCounterMode(display=False) as counter:
+        run_once(model, case, x)
+    return counter.get_total_flops()
+
+
+def errors(fast: torch.Tensor, ref: torch.Tensor) -> dict:
+    diff = (fast.float() - ref.float()).abs()
+    mse = diff.square().mean().item()
+    peak = 2.0 if ref.abs().max() <= 1.5 else ref.float().abs().max().item() * 2
+    return dict(max_abs_err=diff.max().item(), mean_abs_err=diff.mean().item(),
+                psnr_vs_fp32=math.inf if mse == 0 else 10 * math.log10(peak**2 / mse))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp16"], choices=list(DTYPES))
+    parser.add_argument("--tiling", nargs="+", default=["default", "off"], choices=["default", "off", "tile-norm"])
+    parser.add_argument("--small", action="store_true", help="tiny sizes and a tiny model (smoke test)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-reference", action="store_true", help="skip the fp32 error measurement")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    config = dict(ch=32, ch_mult=(1, 1, 2, 2), norm_num_groups=8) if args.small else {}
+    torch.manual_seed(0)
+    base = CVVAEModel(**config).eval()
+    cases = SMALL if args.small else FULL
+    rows = []
+    for case in cases:
+        x = make_input(case, args.device)
+        ref = None
+        for tiling in args.tiling:
+            for name in args.dtypes:
+                model = base.to(device=args.device, dtype=DTYPES[name])
+                if tiling == "off":
+                    model.disable_tiling()
+                else:
+                    model.enable_tiling(norm="tile" if tiling == "tile-norm" else "pooled")
+                row = dict(asdict(case), dtype=name, tiling=tiling)
+                try:
+                    sec, peak, y = time_case(model, case, x.to(DTYPES[name]), args.device, args.repeats)
+                    flops = count_flops(model, case, x.to(DTYPES[name]))
+                    row.update(seconds=sec, fps=case.frames / sec, peak_gib=peak, tflop=flops / 1e12,
+                               tflops_per_s=flops / 1e12 / sec)
+                    if not args.no_reference and case.frames <= 97:
+                        if ref is None:
+                            fp32 = base.to(dtype=torch.float32)
+                            fp32.disable_tiling()
+                            ref = run_once(fp32, case, x.float()).cpu()
+                        row.update(errors(y.cpu(), ref))
+                except torch.OutOfMemoryError:
+                    row.update(error="out of memory")
+                    torch.cuda.empty_cache()
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    write_reports(rows, args)
+
+
+def write_reports(rows: list[dict], args) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    meta = dict(device=device, torch=torch.__version__, small=args.small, repeats=args.repeats)
+    (args.out / "vae_speed.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+    lines = [f"Device: {device}, torch {torch.__version__}, median of {args.repeats} runs after warm-up.", "",
+             "| work | frames | size | dtype | tiling | s | frames/s | peak GiB | TFLOP | TFLOP/s | max err | PSNR vs fp32 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['work']} | {r['frames']} | {r['height']}x{r['width']} | {r['dtype']} | {r['tiling']} "
+                         f"| {r['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['work']} | {r['frames']} | {r['height']}x{r['width']} | {r['dtype']} | {r['tiling']} | "
+            f"{r['seconds']:.2f} | {r['fps']:.1f} | {r['peak_gib']:.2f} | {r['tflop']:.1f} | {r['tflops_per_s']:.0f} | "
+            f"{r.get('max_abs_err', float('nan')):.3g} | {r.get('psnr_vs_fp32', float('nan')):.1f} |"
+        )
+    (args.out / "vae_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
