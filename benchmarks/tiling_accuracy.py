@@ -43,8 +43,8 @@ def run(model, x, settings):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(FIXTURE))
-    parser.add_argument("--frames", type=int, default=33)
-    parser.add_argument("--size", type=int, nargs=2, default=(96, 128))
+    parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--size", type=int, nargs=2, default=(64, 96))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -55,12 +55,13 @@ def main() -> None:
     for norm in ("tile", "pooled"):
         for label, settings in [
             ("windows of 8 frames", dict(frames_per_window=8, tile_size=None)),
-            ("tiles of 64 px", dict(frames_per_window=None, tile_size=64, overlap=0.25)),
-            ("windows 8 + tiles 64", dict(frames_per_window=8, tile_size=64, overlap=0.25)),
+            ("windows of 4 frames", dict(frames_per_window=4, tile_size=None)),
+            ("tiles of 32 px", dict(frames_per_window=None, tile_size=32, overlap=0.25)),
+            ("windows 8 + tiles 32", dict(frames_per_window=8, tile_size=32, overlap=0.25)),
         ]:
             z, y, sec = run(model, x, dict(settings, norm=norm))
             rows.append(
-                dict(
+                row := dict(
                     setting=f"{label}, norm={norm}",
                     latent_max=round((z - z_ref).abs().max().item(), 4),
                     latent_mean=round((z - z_ref).abs().mean().item(), 5),
@@ -69,12 +70,15 @@ def main() -> None:
                     seconds=round(sec, 2),
                 )
             )
+            print(row, flush=True)
     print(f"input {tuple(x.shape)}, latent std {z_ref.std():.3f}, output std {y_ref.std():.3f}")
     print("| setting | latent max | latent mean | video max | video mean | s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['setting']} | {r.get('latent_max', '')} | {r.get('latent_mean', '')} | "
-              f"{r.get('decode_max', '')} | {r.get('decode_mean', '')} | {r['seconds']} |")
+        print(
+            f"| {r['setting']} | {r.get('latent_max', '')} | {r.get('latent_mean', '')} | "
+            f"{r.get('decode_max', '')} | {r.get('decode_mean', '')} | {r['seconds']} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -13,6 +13,7 @@ mean absolute error, PSNR between the two outputs). Writes ``vae_speed.json`` an
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from diffusers.utils import logging as diffusers_logging
 
 from cvvae import CVVAEModel
 
@@ -37,8 +40,14 @@ class Case:
     width: int
 
 
-FULL = [Case("encode", 17, 576, 1024), Case("decode", 17, 576, 1024), Case("encode", 97, 576, 1024),
-        Case("decode", 97, 576, 1024), Case("encode", 385, 576, 1024), Case("decode", 385, 576, 1024)]
+FULL = [
+    Case("encode", 17, 576, 1024),
+    Case("decode", 17, 576, 1024),
+    Case("encode", 97, 576, 1024),
+    Case("decode", 97, 576, 1024),
+    Case("encode", 385, 576, 1024),
+    Case("decode", 385, 576, 1024),
+]
 SMALL = [Case("encode", 17, 64, 96), Case("decode", 17, 64, 96)]
 
 
@@ -88,8 +97,11 @@ def errors(fast: torch.Tensor, ref: torch.Tensor) -> dict:
     diff = (fast.float() - ref.float()).abs()
     mse = diff.square().mean().item()
     peak = 2.0 if ref.abs().max() <= 1.5 else ref.float().abs().max().item() * 2
-    return dict(max_abs_err=diff.max().item(), mean_abs_err=diff.mean().item(),
-                psnr_vs_fp32=math.inf if mse == 0 else 10 * math.log10(peak**2 / mse))
+    return dict(
+        max_abs_err=diff.max().item(),
+        mean_abs_err=diff.mean().item(),
+        psnr_vs_fp32=math.inf if mse == 0 else 10 * math.log10(peak**2 / mse),
+    )
 
 
 def main() -> None:
@@ -102,6 +114,7 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 error measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    diffusers_logging.set_verbosity_error()  # no dtype-cast notices between rows
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -115,7 +128,7 @@ def main() -> None:
         ref = None
         for tiling in args.tiling:
             for name in args.dtypes:
-                model = base.to(device=args.device, dtype=DTYPES[name])
+                model = copy.deepcopy(base).to(device=args.device, dtype=DTYPES[name])
                 if tiling == "off":
                     model.disable_tiling()
                 else:
@@ -124,11 +137,16 @@ def main() -> None:
                 try:
                     sec, peak, y = time_case(model, case, x.to(DTYPES[name]), args.device, args.repeats)
                     flops = count_flops(model, case, x.to(DTYPES[name]))
-                    row.update(seconds=sec, fps=case.frames / sec, peak_gib=peak, tflop=flops / 1e12,
-                               tflops_per_s=flops / 1e12 / sec)
+                    row.update(
+                        seconds=sec,
+                        fps=case.frames / sec,
+                        peak_gib=peak,
+                        tflop=flops / 1e12,
+                        tflops_per_s=flops / 1e12 / sec,
+                    )
                     if not args.no_reference and case.frames <= 97:
                         if ref is None:
-                            fp32 = base.to(dtype=torch.float32)
+                            fp32 = copy.deepcopy(base).to(device=args.device)
                             fp32.disable_tiling()
                             ref = run_once(fp32, case, x.float()).cpu()
                         row.update(errors(y.cpu(), ref))
@@ -145,19 +163,41 @@ def write_reports(rows: list[dict], args) -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     meta = dict(device=device, torch=torch.__version__, small=args.small, repeats=args.repeats)
     (args.out / "vae_speed.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
-    lines = [f"Device: {device}, torch {torch.__version__}, median of {args.repeats} runs after warm-up.", "",
-             "| work | frames | size | dtype | tiling | s | frames/s | peak GiB | TFLOP | TFLOP/s | max err | PSNR vs fp32 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    columns = [
+        "work",
+        "frames",
+        "size",
+        "dtype",
+        "tiling",
+        "s",
+        "frames/s",
+        "peak GiB",
+        "TFLOP",
+        "TFLOP/s",
+        "max err",
+        "PSNR vs fp32",
+    ]
+    lines = [
+        f"Device: {device}, torch {torch.__version__}, median of {args.repeats} runs after warm-up.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + " --- |" * len(columns),
+    ]
     for r in rows:
+        cells = [r["work"], r["frames"], f"{r['height']}x{r['width']}", r["dtype"], r["tiling"]]
         if "error" in r:
-            lines.append(f"| {r['work']} | {r['frames']} | {r['height']}x{r['width']} | {r['dtype']} | {r['tiling']} "
-                         f"| {r['error']} | | | | | | |")
-            continue
-        lines.append(
-            f"| {r['work']} | {r['frames']} | {r['height']}x{r['width']} | {r['dtype']} | {r['tiling']} | "
-            f"{r['seconds']:.2f} | {r['fps']:.1f} | {r['peak_gib']:.2f} | {r['tflop']:.1f} | {r['tflops_per_s']:.0f} | "
-            f"{r.get('max_abs_err', float('nan')):.3g} | {r.get('psnr_vs_fp32', float('nan')):.1f} |"
-        )
+            cells += [r["error"]] + [""] * 6
+        else:
+            cells += [
+                f"{r['seconds']:.2f}",
+                f"{r['fps']:.1f}",
+                f"{r['peak_gib']:.2f}",
+                f"{r['tflop']:.1f}",
+                f"{r['tflops_per_s']:.0f}",
+                f"{r.get('max_abs_err', float('nan')):.3g}",
+                f"{r.get('psnr_vs_fp32', float('nan')):.1f}",
+            ]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     (args.out / "vae_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -17,7 +17,8 @@ def check_local_weights(folder: Path, allow_pickle: bool) -> None:
     if not (folder / "config.json").is_file():
         raise ModelLoadError(
             f"{folder} holds no config.json, so it is not a model folder "
-            "(for the released weights use AILab-CVC/CV-VAE with subfolder vae3d_v1-1, or a folder saved by save_pretrained)"
+            "(for the released weights use AILab-CVC/CV-VAE with subfolder vae3d_v1-1, "
+            "or a folder saved by save_pretrained)"
         )
     if any(folder.glob("*.safetensors")):
         return
@@ -36,9 +37,7 @@ def hub_error(model_id: str, subfolder: str | None, err: Exception) -> ModelLoad
     where = model_id + (f" (subfolder {subfolder})" if subfolder else "")
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-    hint = (
-        "HF_HUB_OFFLINE is set, so nothing is downloaded: " if offline else "it could not be downloaded: "
-    ) + (
+    hint = ("HF_HUB_OFFLINE is set, so nothing is downloaded: " if offline else "it could not be downloaded: ") + (
         f"run `huggingface-cli download {model_id}` on a machine with network access and copy the cache to {cache}, "
         "or pass a local folder that holds config.json and the safetensors weights"
     )
@@ -73,6 +72,8 @@ def load_vae(
     **config_overrides,
 ):
     """Load a CV-VAE by name (``tiny``, ``nano``), local folder or hub id, onto ``device``."""
+    import torch
+
     from .model import CVVAEModel
 
     name = str(model)
@@ -82,7 +83,9 @@ def load_vae(
         path = NAMED_MODELS.get(name, model)
         if name in NAMED_MODELS and not Path(path).is_dir():
             raise ModelLoadError(f"the '{name}' model is not in this checkout ({path} is missing)")
-        vae = CVVAEModel.from_pretrained(path, subfolder=subfolder, allow_pickle=allow_pickle, **config_overrides)
+        vae = CVVAEModel.from_pretrained(
+            path, subfolder=subfolder, torch_dtype=dtype, allow_pickle=allow_pickle, **config_overrides
+        )
     if dtype is not None:
-        vae = vae.to(dtype=dtype)
+        torch.nn.Module.to(vae, dtype=dtype)  # (ModelMixin.to warns about casts; none matter here)
     return vae.to(device=device).eval()

@@ -105,13 +105,23 @@ class CVVAEModel(ModelMixin, ConfigMixin):
         if len(ch_mult) != 4 or time_n_compress != 4 or spatial_n_compress != 8:
             raise ValueError("CV-VAE has 4 levels (ch_mult of length 4): 4x temporal and 8x spatial compression")
         if attn_resolutions:
-            raise ValueError("attn_resolutions is not supported: the released model has attention in the mid block only")
+            raise ValueError(
+                "attn_resolutions is not supported: the released model has attention in the mid block only"
+            )
         if ch % norm_num_groups:
             raise ValueError(f"ch={ch} must be divisible by norm_num_groups={norm_num_groups}")
-        common = dict(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks, groups=norm_num_groups,
-                      dropout=dropout, use_3d_conv=use_3d_conv, half_3d=half_3d)
-        self.encoder = Encoder(in_channels, z_channels, double_z=double_z, causal=causal_encoder,
-                               attn_type=encoder_attn_type, **common)
+        common = dict(
+            ch=ch,
+            ch_mult=ch_mult,
+            num_res_blocks=num_res_blocks,
+            groups=norm_num_groups,
+            dropout=dropout,
+            use_3d_conv=use_3d_conv,
+            half_3d=half_3d,
+        )
+        self.encoder = Encoder(
+            in_channels, z_channels, double_z=double_z, causal=causal_encoder, attn_type=encoder_attn_type, **common
+        )
         self.decoder = Decoder(out_ch, z_channels, causal=causal_decoder, attn_type=decoder_attn_type, **common)
         self.tiling = TilingSettings(en_de_n_frames_a_time, tile_spatial_size, tile_overlap_ratio)
 
@@ -147,7 +157,9 @@ class CVVAEModel(ModelMixin, ConfigMixin):
         if x.dim() != 5:
             raise InputError(f"{what} must be [B, C, T, H, W] or [B, C, H, W], got shape {tuple(x.shape)}")
         if x.shape[1] != channels:
-            raise InputError(f"{what} must have {channels} channels in dim 1 (layout [B, C, T, H, W]), got {tuple(x.shape)}")
+            raise InputError(
+                f"{what} must have {channels} channels in dim 1 (layout [B, C, T, H, W]), got {tuple(x.shape)}"
+            )
         if 0 in x.shape:
             raise InputError(f"{what} is empty: shape {tuple(x.shape)}")
         return x, False
@@ -239,7 +251,7 @@ class CVVAEModel(ModelMixin, ConfigMixin):
         kwargs["output_loading_info"] = True
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except (OSError, EnvironmentError) as err:
+        except OSError as err:
             raise hub_error(str(pretrained_model_name_or_path), kwargs.get("subfolder"), err) from err
         problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         if problems:

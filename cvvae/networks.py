@@ -69,8 +69,9 @@ class Encoder(_Stack):
         cin = ch
         for i, mult in enumerate(ch_mult):
             cout = ch * mult
-            level = _Level([ResBlock(cin if j == 0 else cout, cout, kind, second, groups, dropout)
-                            for j in range(num_res_blocks)])
+            level = _Level(
+                [ResBlock(cin if j == 0 else cout, cout, kind, second, groups, dropout) for j in range(num_res_blocks)]
+            )
             if i < levels - 1:
                 level.downsample = Downsample(cout, time=i % 2 == 0)
             self.down.append(level)
@@ -118,8 +119,12 @@ class Decoder(_Stack):
         up = []
         for i in reversed(range(levels)):
             cout = ch * ch_mult[i]
-            level = _Level([ResBlock(cin if j == 0 else cout, cout, kind, second, groups, dropout)
-                            for j in range(num_res_blocks + 1)])
+            level = _Level(
+                [
+                    ResBlock(cin if j == 0 else cout, cout, kind, second, groups, dropout)
+                    for j in range(num_res_blocks + 1)
+                ]
+            )
             if i != 0:
                 level.upsample = Upsample(cout, time=i % 2 == 1)
             up.insert(0, level)

@@ -40,7 +40,7 @@ class TilingSettings:
         tile_size: pixel tile size (a multiple of 8; the released ``tile_spatial_size``).
         overlap: fraction of a tile shared with its neighbour (the released ``tile_overlap_ratio``).
         temporal_overlap: latent frames shared by consecutive windows (default: 2, or 1 for
-            windows of 4 frames).
+            windows of at most 8 frames).
         norm: ``"pooled"`` (GroupNorm statistics of the whole clip, two passes) or ``"tile"``.
     """
 
@@ -58,10 +58,10 @@ class TilingSettings:
         if not 0.0 <= self.overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {self.overlap}")
         if self.temporal_overlap is None:
-            self.temporal_overlap = 1 if self.frames_per_window in (None, 4) else 2
+            self.temporal_overlap = 1 if self.frames_per_window is None or self.frames_per_window <= 8 else 2
         if self.frames_per_window is not None and not 1 <= self.temporal_overlap <= self.frames_per_window // 4:
             raise ValueError(
-                f"temporal_overlap must be between 1 and frames_per_window / 4 latent frames, got {self.temporal_overlap}"
+                f"temporal_overlap must be 1 to frames_per_window / 4 latent frames, got {self.temporal_overlap}"
             )
         if self.norm not in NORM_MODES:
             raise ValueError(f"norm must be one of {NORM_MODES}, got {self.norm!r}")
@@ -142,7 +142,6 @@ def _pixels(span: tuple[int, int]) -> tuple[int, int]:
 
 def _identity(span: tuple[int, int]) -> tuple[int, int]:
     return span
-
 
 
 def _boxes(t: _Axis, h: _Axis, w: _Axis) -> Iterator[tuple[tuple, tuple, torch.Tensor]]:

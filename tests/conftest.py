@@ -13,19 +13,20 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+from cvvae.loading import TINY_VAE_CONFIG, build_tiny_vae  # noqa: E402 (after the offline settings)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 PARITY = SHARED / "fixtures" / "cvvae_parity"
 VIDEOS = SHARED / "data" / "videos"
 
 # A CV-VAE small enough for CPU tests, with the released structure (4 levels, both attentions).
-TINY_CONFIG = dict(ch=8, ch_mult=(1, 1, 2, 2), norm_num_groups=4, num_res_blocks=1)
+TINY_CONFIG = TINY_VAE_CONFIG
 
 
 @pytest.fixture
 def tiny_vae():
-    torch.manual_seed(0)
-    return torch.nn.Module.eval(__import__("cvvae").CVVAEModel(**TINY_CONFIG))
+    return build_tiny_vae(seed=0)
 
 
 @pytest.fixture

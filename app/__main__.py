@@ -1,0 +1,158 @@
+"""``python -m app``: the CV-VAE web demo (Gradio), on 127.0.0.1:7860 by default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Before gradio / huggingface_hub are imported: no analytics, no telemetry.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+REAL_WEIGHTS_HINT = (
+    "To generate with real weights, run on a CUDA machine with the models in the Hugging Face cache "
+    "(or online): python -m app --preset svd-xt  (see docs/readme-app.md)"
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m app", description="The CV-VAE web demo (Gradio).")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="model preset: svd-xt, svd, animatediff, sd21 or tiny (default: svd-xt with CUDA, tiny without)",
+    )
+    p.add_argument("--outputs", type=Path, default=Path("outputs"), help="folder for results (default ./outputs)")
+    p.add_argument("--adapters", type=Path, default=None, help="folder of fine-tuned adapters to offer (optional)")
+    p.add_argument(
+        "--component",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="replace a model of the preset by a local folder or hub id (cvvae, svd, sd21, sd15, motion_adapter); "
+        "repeatable",
+    )
+    p.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs (small GPUs)")
+    p.add_argument(
+        "--cvvae",
+        default=None,
+        help="CV-VAE for the Reconstruct tab: hub id, folder, 'nano' or 'tiny' (default: the preset's)",
+    )
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    return p.parse_args(argv)
+
+
+def choose_preset(requested: str | None, cuda: bool, weights: bool = True) -> tuple[str, str]:
+    """The preset to run and a notice for the page ('' when real weights are used).
+
+    Without CUDA, or without reachable weights (offline and not cached), an unspecified preset
+    falls back to ``tiny``; an explicit ``--preset`` is always honoured.
+    """
+    from cvvae.loading import RANDOM_WEIGHTS_NOTICE
+
+    if requested == "tiny" or (requested is None and not (cuda and weights)):
+        why = {
+            "tiny": "",
+            "nocuda": "No CUDA GPU found, so the demo runs the 'tiny' preset. ",
+            "noweights": "The svd-xt weights are not in the Hugging Face cache and HF_HUB_OFFLINE is set, "
+            "so the demo runs the 'tiny' preset. ",
+        }["tiny" if requested == "tiny" else ("nocuda" if not cuda else "noweights")]
+        return "tiny", f"{why}{RANDOM_WEIGHTS_NOTICE}. {REAL_WEIGHTS_HINT}"
+    preset = requested or "svd-xt"
+    notice = "" if cuda else "No CUDA GPU found: real models run on the CPU and are very slow."
+    return preset, notice
+
+
+def weights_reachable(preset: str = "svd-xt") -> bool:
+    """False only when the hub is offline and the preset's SVD and CV-VAE are not in the local cache."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    from cvvae.pipelines.presets import PRESETS
+
+    parts = PRESETS[preset].components
+    wanted = [(parts["svd"], "model_index.json"), (parts["cvvae"], "vae3d_v1-1/config.json")]
+    return all(Path(repo).is_dir() or isinstance(try_to_load_from_cache(repo, name), str) for repo, name in wanted)
+
+
+def make_handlers(args: argparse.Namespace):
+    import torch
+
+    from .handlers import CPU_PIXEL_BUDGET, AppConfig, Handlers
+
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    preset, notice = choose_preset(args.preset, cuda, weights=args.preset is not None or weights_reachable())
+    components = parse_components(args.component)
+    _check_preset(preset, components)
+    device = args.device or ("cuda" if cuda else "cpu")
+    config = AppConfig(
+        preset=preset,
+        outputs=args.outputs,
+        adapters=args.adapters,
+        device=device,
+        cvvae=args.cvvae,
+        pixel_budget=None if device.startswith("cuda") else CPU_PIXEL_BUDGET,
+        notice=notice,
+        components=components,
+        cpu_offload=args.cpu_offload,
+    )
+    return Handlers(config)
+
+
+def parse_components(items: list[str]) -> dict:
+    """``["svd=/models/svd-xt", ...]`` -> ``{"svd": "/models/svd-xt"}`` (InputError on a malformed item)."""
+    from cvvae.errors import InputError
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise InputError(f"--component takes NAME=PATH (e.g. svd=/models/svd-xt), got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _check_preset(preset: str, components: dict) -> None:
+    from cvvae.errors import InputError
+    from cvvae.pipelines.api import PRESETS
+    from cvvae.pipelines.presets import COMPONENT_KEYS
+
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    bad = sorted(set(components) - set(COMPONENT_KEYS))
+    if bad:
+        raise InputError(f"unknown --component {', '.join(bad)}; known: {', '.join(COMPONENT_KEYS)}")
+
+
+def main(argv=None) -> int:
+    from cvvae.errors import UserError
+
+    args = parse_args(argv)
+    try:
+        handlers = make_handlers(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from .ui import build_demo, launch
+
+    if handlers.config.notice:
+        print(f"notice: {handlers.config.notice}", file=sys.stderr)
+    demo = build_demo(handlers)
+    try:
+        launch(demo, handlers, host=args.host, port=args.port, share=args.share)
+    except OSError as err:  # port in use, address not available
+        print(
+            f"error: cannot serve on {args.host}:{args.port} ({err}); choose another --port or --host", file=sys.stderr
+        )
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

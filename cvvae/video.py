@@ -1,0 +1,276 @@
+"""Video I/O with PyAV (no ffmpeg binary): read clips and stills, write H.264 mp4, uint8 <-> tensor."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+
+from .errors import InputError
+from .outputs import atomic_path
+
+STILL_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+RESIZE_MODES = ("crop", "stretch")
+DEFAULT_FPS = 25.0  # for stills and streams that state no rate
+AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
+
+
+class VideoReadError(InputError):
+    """A video or image file that cannot be read: missing, empty, truncated or not a video."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    fps: float
+    height: int
+    width: int
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise VideoReadError(f"{path} does not exist")
+    if not path.is_file():
+        raise VideoReadError(f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"{path} is empty (0 bytes)")
+    return path
+
+
+def _check_selection(start: int, num_frames: int | None, stride: int) -> None:
+    if int(start) != start or start < 0:
+        raise InputError(f"start must be a frame index >= 0, got {start}")
+    if num_frames is not None and (int(num_frames) != num_frames or num_frames < 1):
+        raise InputError(f"the number of frames must be >= 1, got {num_frames}")
+    if int(stride) != stride or stride < 1:
+        raise InputError(f"stride must be >= 1, got {stride}")
+
+
+def _check_size(size: tuple[int, int] | None, resize: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise InputError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if size is not None and (len(size) != 2 or any(int(s) != s or s < 1 for s in size)):
+        raise InputError(f"size must be (height, width) with positive integers, got {size}")
+
+
+def _is_still(path: Path) -> bool:
+    return path.suffix.lower() in STILL_SUFFIXES
+
+
+def _stream_fps(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else DEFAULT_FPS
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def resize_frame(frame: np.ndarray, size: tuple[int, int], resize: str = "crop") -> np.ndarray:
+    """Resize one ``[H, W, 3]`` uint8 frame to ``size=(height, width)``.
+
+    ``crop`` scales to cover the target and centre-crops (no distortion); ``stretch`` scales each
+    axis independently.
+    """
+    height, width = size
+    h, w = frame.shape[:2]
+    if (h, w) == (height, width):
+        return frame
+    if resize == "stretch":
+        new_h, new_w = height, width
+    else:
+        scale = max(height / h, width / w)
+        new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    interp = cv2.INTER_AREA if new_h * new_w < h * w else cv2.INTER_CUBIC
+    out = cv2.resize(frame, (new_w, new_h), interpolation=interp)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return np.ascontiguousarray(out[top : top + height, left : left + width])
+
+
+def read_image(path: str | os.PathLike):
+    """Read a still image as an RGB ``PIL.Image.Image``."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = _check_file(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise VideoReadError(f"{path} is not a readable image ({err})") from err
+
+
+def _decode_frames(path: Path, start: int, num_frames: int | None, stride: int) -> tuple[list[np.ndarray], float]:
+    """Decode the selected frames of the first video stream as RGB arrays."""
+    frames: list[np.ndarray] = []
+    seen = 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                raise VideoReadError(f"{path} has no video stream (streams: {', '.join(kinds)})")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            fps, expected = _stream_fps(stream), stream.frames
+            for frame in container.decode(stream):
+                index, seen = seen, seen + 1
+                if index < start or (index - start) % stride:
+                    continue
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if num_frames is not None and len(frames) >= num_frames:
+                    break
+    except VideoReadError:
+        raise
+    except AV_ERRORS as err:
+        what = "is truncated or corrupt" if seen else "is not a readable video"
+        raise VideoReadError(f"{path} {what} ({type(err).__name__}: {err})") from err
+    if num_frames is None and expected and seen < 0.9 * expected:
+        raise VideoReadError(f"{path} is truncated: only {seen} of its {expected} frames could be decoded")
+    if not frames:
+        if seen:
+            raise VideoReadError(f"start={start} is beyond the end of {path} ({seen} frames)")
+        raise VideoReadError(f"{path} has no decodable frames")
+    return frames, fps
+
+
+def read_video(
+    path: str | os.PathLike,
+    start: int = 0,
+    num_frames: int | None = None,
+    stride: int = 1,
+    size: tuple[int, int] | None = None,
+    resize: str = "crop",
+) -> tuple[np.ndarray, float]:
+    """Read frames ``start, start + stride, ...`` (at most ``num_frames``) of a video or a still.
+
+    Returns ``(frames, fps)``: uint8 RGB ``[T, H, W, 3]`` and the source's fps divided by
+    ``stride``. ``size=(height, width)`` resizes every frame (see ``resize_frame``). Stills
+    (png, jpg, webp, ...) read as one frame at ``DEFAULT_FPS``. Raises ``VideoReadError`` for
+    missing, empty, truncated and non-video files, files with no video stream, and a ``start``
+    beyond the end.
+    """
+    _check_selection(start, num_frames, stride)
+    _check_size(size, resize)
+    path = _check_file(path)
+    if _is_still(path):
+        if start > 0:
+            raise VideoReadError(f"start={start} is beyond the end of {path} (a still image is one frame)")
+        frames, fps = [np.asarray(read_image(path))], DEFAULT_FPS
+    else:
+        frames, fps = _decode_frames(path, start, num_frames, stride)
+    if size is not None:
+        frames = [resize_frame(f, size, resize) for f in frames]
+    return np.stack(frames), fps / stride
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Frame count, fps and size of a video (counting packets when the container does not say)."""
+    path = _check_file(path)
+    if _is_still(path):
+        img = read_image(path)
+        return VideoInfo(1, DEFAULT_FPS, img.height, img.width)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            frames = stream.frames or sum(1 for p in container.demux(stream) if p.size)
+            return VideoInfo(frames, _stream_fps(stream), stream.height, stream.width)
+    except VideoReadError:
+        raise
+    except AV_ERRORS as err:
+        raise VideoReadError(f"{path} is not a readable video ({type(err).__name__}: {err})") from err
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def frames_to_tensor(
+    frames: np.ndarray | torch.Tensor, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` -> ``[1, 3, T, H, W]`` in [-1, 1] (float32 unless ``dtype`` says otherwise).
+
+    With ``device`` the uint8 frames are moved first (4x less to transfer than floats).
+    """
+    x = torch.as_tensor(frames)
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
+        raise InputError(f"frames must be uint8 [T, H, W, 3], got {x.dtype} {tuple(x.shape)}")
+    x = x.to(device).permute(3, 0, 1, 2).unsqueeze(0)  # [T, H, W, 3] -> [1, 3, T, H, W]
+    return x.to(dtype).div_(127.5).sub_(1.0)
+
+
+def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
+    """``[1, 3, T, H, W]`` or ``[3, T, H, W]`` in [-1, 1] -> uint8 ``[T, H, W, 3]`` (clamped, rounded)."""
+    if x.dim() == 5:
+        if x.shape[0] != 1:
+            raise InputError(f"expected one clip [1, 3, T, H, W], got {tuple(x.shape)}")
+        x = x[0]
+    if x.dim() != 4 or x.shape[0] != 3:
+        raise InputError(f"expected [3, T, H, W] or [1, 3, T, H, W], got {tuple(x.shape)}")
+    x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()  # [3, T, H, W] -> [T, H, W, 3]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise InputError(f"frames must be non-empty uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
+    """Write uint8 RGB ``[T, H, W, 3]`` as an H.264 yuv420p ``.mp4``, atomically.
+
+    yuv420p needs even sizes: an odd height or width is padded by one row/column of edge pixels.
+    """
+    path = Path(path)
+    frames = _check_frames(frames)
+    if path.suffix.lower() != ".mp4":
+        raise InputError(f"videos are written as H.264 .mp4; {path} should end in .mp4")
+    if not fps or fps <= 0 or not np.isfinite(fps):
+        raise InputError(f"fps must be a positive number, got {fps}")
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(100_000))
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            stream.options = {"crf": str(int(crf))}
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())  # flush
+    return path
+
+
+def side_by_side(*clips: np.ndarray) -> np.ndarray:
+    """Place clips ``[T, H, W, 3]`` left to right; shorter clips repeat their last frame.
+
+    Clips of different heights are resized (keeping their aspect ratio) to the tallest one.
+    """
+    if not clips:
+        raise InputError("side_by_side needs at least one clip")
+    clips = [_check_frames(c) for c in clips]
+    length = max(len(c) for c in clips)
+    height = max(c.shape[1] for c in clips)
+    parts = []
+    for clip in clips:
+        if clip.shape[1] != height:
+            width = max(1, round(clip.shape[2] * height / clip.shape[1]))
+            clip = np.stack([resize_frame(f, (height, width), "stretch") for f in clip])
+        if len(clip) < length:
+            clip = np.concatenate([clip, np.repeat(clip[-1:], length - len(clip), axis=0)])
+        parts.append(clip)
+    return np.concatenate(parts, axis=2)

@@ -1,0 +1,296 @@
+"""The training loop: accelerate (mixed precision, DDP/DeepSpeed via ``accelerate launch``), PEFT modes, checkpoints.
+
+Checkpoints (``checkpoint-STEP/``) hold ``accelerator.save_state`` (only the trainable tensors of the UNet,
+optimizer, LR scheduler, RNG states, accelerate's step) plus the data position (:class:`TrainState`). Every
+random draw of the objective comes from a generator seeded by (seed, process, micro-batch), so a resumed run
+repeats exactly the draws an uninterrupted run makes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cvvae.errors import InputError
+from cvvae.outputs import write_json_atomic
+
+from .config import FinetuneConfig
+from .data import LatentCache
+from .models import load_unet, model_ids, setup_trainable, trainable_parameters
+from .objective import edm_loss
+
+log = logging.getLogger(__name__)
+TRAINABLE_FILE = "trainable.safetensors"
+CKPT_PREFIX = "checkpoint-"
+
+
+class TrainState:
+    """Optimizer step, epoch and batch within the epoch: the data position a resume restarts from."""
+
+    def __init__(self):
+        self.step = self.epoch = self.batch = self.micro = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "batch": self.batch, "micro": self.micro}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.epoch, self.batch, self.micro = (int(state[k]) for k in ("step", "epoch", "batch", "micro"))
+
+
+def micro_generator(seed: int, rank: int, micro: int) -> torch.Generator:
+    """The generator of one micro-batch: independent of how the run was interrupted."""
+    value = int(np.random.SeedSequence([seed, rank, micro]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(value)
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob(CKPT_PREFIX + "*") if p.is_dir() and p.name[len(CKPT_PREFIX) :].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
+
+
+def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
+    """``latest`` (None when there is no checkpoint yet), or a checkpoint folder."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / TRAINABLE_FILE).is_file():
+        raise InputError(f"--resume {resume}: not a checkpoint folder (no {TRAINABLE_FILE})")
+    return path
+
+
+def _register_hooks(accelerator, unet) -> None:
+    """Checkpoints hold only the trainable tensors of the UNet, not 1.5 B frozen parameters."""
+    from safetensors.torch import load_file, save_file
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_parameters(models[0]).items()}
+            save_file(tensors, os.path.join(output_dir, TRAINABLE_FILE))
+        weights.clear()
+
+    def load_hook(models, input_dir):
+        model = accelerator.unwrap_model(models.pop())
+        tensors = load_file(os.path.join(input_dir, TRAINABLE_FILE))
+        params = trainable_parameters(model)
+        if set(tensors) != set(params):
+            raise InputError(f"{input_dir} was saved by a run with another mode or LoRA config")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                params[name].copy_(value)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Path:
+    """``accelerator.save_state`` into a temporary folder, renamed to ``checkpoint-STEP``; keep the last ``keep``."""
+    final, tmp = output_dir / f"{CKPT_PREFIX}{step}", output_dir / f".{CKPT_PREFIX}{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _check_cache(dataset: LatentCache, cfg: FinetuneConfig) -> None:
+    have, want = dataset.manifest.get("models", {}), model_ids(cfg.model)
+    if have != want:
+        raise InputError(f"the latent cache {dataset.cache_dir} was built for {have}, but this run uses {want}")
+    if len(dataset) < cfg.train.batch_size:
+        raise InputError(f"the cache holds {len(dataset)} clips, fewer than train.batch_size={cfg.train.batch_size}")
+
+
+def build_training(cfg: FinetuneConfig):
+    """Accelerator, UNet (mode applied), optimizer, LR scheduler and data loader, prepared by accelerate."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    t, out = cfg.train, cfg.output_dir
+    accelerator = Accelerator(
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        mixed_precision=t.mixed_precision,
+        log_with=None if t.report_to == "none" else t.report_to,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=t.seed),
+    )
+    set_seed(t.seed)
+    dataset = LatentCache(cfg.data.cache_dir)
+    _check_cache(dataset, cfg)
+    unet = load_unet(cfg.model)
+    peft_config = setup_trainable(unet, t.mode, cfg.lora, seed=t.seed)
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision, torch.float32)
+    for p in unet.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(weight_dtype)  # frozen weights in half precision; trainable ones stay fp32
+    if t.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    params = list(trainable_parameters(unet).values())
+    optimizer = torch.optim.AdamW(
+        params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay
+    )
+    scheduler = get_scheduler(
+        t.lr_scheduler,
+        optimizer,
+        num_warmup_steps=t.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=t.max_steps * accelerator.num_processes,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=t.batch_size, shuffle=True, drop_last=True, num_workers=t.num_workers
+    )
+    unet, optimizer, loader, scheduler = accelerator.prepare(unet, optimizer, loader, scheduler)
+    return accelerator, unet, optimizer, scheduler, loader, dataset, peft_config
+
+
+def train(cfg: FinetuneConfig, resume: str | None = None) -> dict:
+    """Run (or resume) training; returns a summary with the final step, last loss and the adapter folder."""
+    t, out = cfg.train, cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator, unet, optimizer, scheduler, loader, dataset, peft_config = build_training(cfg)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    _register_hooks(accelerator, unet)
+    ckpt = resolve_resume(out, resume)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        accelerator.print(f"resumed from {ckpt} at step {state.step}")
+    if accelerator.is_main_process:
+        write_json_atomic(out / "config.json", cfg.to_dict())
+        write_json_atomic(out / "peft_config.json", {"mode": t.mode, "peft_config": peft_config})
+    if t.report_to != "none":
+        accelerator.init_trackers("finetune", config={k: str(v) for k, v in _flat(cfg.to_dict()).items()})
+    loss_value = _loop(cfg, accelerator, unet, optimizer, scheduler, loader, state)
+    adapter = None
+    if state.step >= t.max_steps:
+        adapter = save_final(cfg, accelerator, unet, peft_config, dataset, state.step)
+    accelerator.end_training()
+    return {"step": state.step, "loss": loss_value, "adapter": str(adapter) if adapter else None}
+
+
+def _loop(cfg, accelerator, unet, optimizer, scheduler, loader, state: TrainState) -> float:
+    from tqdm.auto import tqdm
+
+    t, out = cfg.train, cfg.output_dir
+    stop = t.stop_after or t.max_steps
+    params = [p for p in unet.parameters() if p.requires_grad]
+    bar = tqdm(total=t.max_steps, initial=state.step, desc="training", disable=not accelerator.is_local_main_process)
+    loss_value = math.nan
+    while state.step < stop:
+        loader.set_epoch(state.epoch)
+        batches = accelerator.skip_first_batches(loader, state.batch) if state.batch else loader
+        for batch in batches:
+            gen = micro_generator(t.seed, accelerator.process_index, state.micro)
+            with accelerator.accumulate(unet):
+                loss = edm_loss(unet, batch, t, gen)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, t.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batch += 1
+            state.micro += 1
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            loss_value = accelerator.gather(loss.detach()).mean().item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"the loss became {loss_value} at step {state.step}; lower the learning rate")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if state.step % t.log_every == 0 or state.step == 1:
+                accelerator.log({"loss": loss_value, "lr": scheduler.get_last_lr()[0]}, step=state.step)
+            if state.step % t.checkpoint_every == 0 or state.step == stop:
+                save_checkpoint(accelerator, out, state.step, t.keep_checkpoints)
+            if t.sample_every and state.step % t.sample_every == 0:
+                _sample(cfg, accelerator, unet, state.step)
+            if state.step >= stop:
+                break
+        else:
+            state.epoch, state.batch = state.epoch + 1, 0
+    bar.close()
+    return loss_value
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return flat
+
+
+def adapter_info(cfg: FinetuneConfig, peft_config, data: dict, step: int):
+    from cvvae.pipelines.adapters import AdapterInfo
+
+    ids = model_ids(cfg.model)
+    extra = {"train": {k: v for k, v in cfg.to_dict()["train"].items() if k != "output_dir"}}
+    return AdapterInfo(
+        mode=cfg.train.mode,
+        peft_config=peft_config,
+        base_unet=ids["base_unet"],
+        cvvae=ids["cvvae"],
+        step=step,
+        data=data,
+        extra=extra,
+    )
+
+
+def save_final(cfg, accelerator, unet, peft_config, dataset, step: int) -> Path | None:
+    """Write ``OUTPUT/adapter`` (and ``OUTPUT/unet`` merged, when asked) from the main process."""
+    from cvvae.pipelines.adapters import save_adapter
+
+    accelerator.wait_for_everyone()
+    folder = cfg.output_dir / "adapter"
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(unet)
+        save_adapter(folder, model, adapter_info(cfg, peft_config, dataset.summary(), step))
+        if cfg.train.merge_unet:
+            merge_to_unet(cfg.model, folder, cfg.output_dir / "unet")
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def merge_to_unet(model_cfg, adapter: Path, out: Path) -> Path:
+    """Load a fresh base UNet, apply ``adapter``, fold LoRA in and save a full diffusers UNet folder (atomically)."""
+    from cvvae.pipelines.adapters import apply_adapter, merge_adapter
+
+    unet = load_unet(model_cfg)
+    apply_adapter(unet, adapter)
+    merge_adapter(unet)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(tmp, safe_serialization=True)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _sample(cfg, accelerator, unet, step: int) -> None:
+    """Write a sample clip with the current weights (main process only; see evaluate.sample_during_training)."""
+    if not accelerator.is_main_process:
+        return
+    from .evaluate import sample_during_training
+
+    try:
+        sample_during_training(cfg, accelerator.unwrap_model(unet), step)
+    except Exception as err:  # a failed preview must not end a long run
+        log.warning("sample at step %d failed: %s", step, err)

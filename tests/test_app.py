@@ -1,0 +1,266 @@
+"""The web demo: handler functions with the tiny preset, the HTTP API through gradio_client, bad uploads."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from app.__main__ import choose_preset, parse_args, parse_components, weights_reachable
+from app.handlers import (
+    ADAPTER_NONE,
+    AppConfig,
+    Handlers,
+    flicker_table,
+    frames_label,
+    parse_resolution,
+    scaled_size,
+)
+from app.ui import EXAMPLES, GPU_QUEUE, QUEUE_SIZE, build_demo, launch
+from cvvae.errors import InputError
+from cvvae.loading import RANDOM_WEIGHTS_NOTICE
+from cvvae.video import probe, read_video
+
+CLIP = EXAMPLES / "coffee_pan.mp4"
+IMAGE = EXAMPLES / "cat.jpg"
+
+
+@pytest.fixture
+def handlers(tmp_path):
+    return Handlers(AppConfig(preset="tiny", outputs=tmp_path / "out", adapters=tmp_path / "adapters"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- pure helpers ---------------------------------------------------------------------------------
+def test_frames_label_counts_four_frames_per_latent():
+    assert "**97 video frames**" in frames_label(25, 24) and "4.0 s" in frames_label(25, 24)
+    assert "**1 video frames**" in frames_label(1, 8)
+    assert "**25 video frames**" in frames_label(25, 25, vae="native") and "1.0 s" in frames_label(25, 25, "native")
+
+
+def test_parse_resolution_and_scaled_size():
+    assert parse_resolution("1024x576") == (576, 1024)
+    assert parse_resolution("preset default") == (None, None)
+    for bad in ("big", "1000x5x3", "100x60", "0x64"):
+        with pytest.raises(gr.Error):
+            parse_resolution(bad)
+    assert scaled_size(720, 1280, "256") == (256, 456)
+    assert scaled_size(144, 256, "original") is None and scaled_size(144, 256, "256") is None
+
+
+def test_flicker_table_lists_each_variant():
+    rows = [("backbone VAE", {"frames": 25, "fps": 8.0}, {"frame_difference": 0.1, "warping_error": 0.05})]
+    rows.append(("CV-VAE", {"frames": 97, "fps": 24.0}, {"frame_difference": 0.02, "warping_error": 0.01}))
+    table = flicker_table(rows, random_weights=True)
+    assert "| backbone VAE | 25 |" in table and "| CV-VAE | 97 |" in table and RANDOM_WEIGHTS_NOTICE in table
+
+
+def test_adapters_are_listed_and_only_listed_names_resolve(handlers, tmp_path):
+    root = tmp_path / "adapters"
+    (root / "run1").mkdir(parents=True)
+    (root / "run1" / "adapter.json").write_text("{}")
+    (root / "not-an-adapter").mkdir()
+    assert handlers.list_adapters() == [ADAPTER_NONE, "run1"]
+    assert handlers.adapter_path("run1") == str(root / "run1")
+    assert handlers.adapter_path(ADAPTER_NONE) is None
+    for bad in ("../run1", "not-an-adapter", "/etc"):
+        with pytest.raises(gr.Error, match="refresh"):
+            handlers.adapter_path(bad)
+
+
+def test_component_options_parse_and_reject_malformed():
+    assert parse_components(["svd=/models/svd-xt", "cvvae = /m/cv"]) == {"svd": "/models/svd-xt", "cvvae": "/m/cv"}
+    with pytest.raises(InputError, match="NAME=PATH"):
+        parse_components(["svd"])
+
+
+def test_cli_defaults_are_local_and_tiny_without_cuda():
+    args = parse_args([])
+    assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
+    preset, notice = choose_preset(None, cuda=False)
+    assert preset == "tiny" and RANDOM_WEIGHTS_NOTICE in notice and "--preset svd-xt" in notice
+    assert choose_preset("svd-xt", cuda=True) == ("svd-xt", "")
+    preset, notice = choose_preset(None, cuda=True, weights=False)  # offline, nothing cached
+    assert preset == "tiny" and "HF_HUB_OFFLINE" in notice
+    assert choose_preset("svd", cuda=False)[0] == "svd"  # an explicit preset is honoured
+
+
+def test_weights_reachable_online_or_cached(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert weights_reachable() is True  # online: the hub downloads on first use
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+    assert weights_reachable() is False
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: f"/cache/{repo}/{name}")
+    assert weights_reachable() is True
+
+
+# ---- handlers with the tiny preset -------------------------------------------------------------------
+def test_reconstruct_handler_writes_side_by_side_and_metrics(handlers):
+    video, files, info = handlers.reconstruct(str(CLIP), 5, "128", "8/128")
+    assert handlers.vae().tiling.frames_per_window == 8 and handlers.vae().tiling.tile_size == 128
+    assert video in files and len(files) == 2 and all(f.startswith(str(handlers.config.outputs)) for f in files)
+    meta = json.loads(open(files[1]).read())
+    assert meta["frames"] == 5 and meta["side_by_side"] is True and np.isfinite(meta["psnr"])
+    src = probe(CLIP)
+    out = probe(video)
+    assert out.frames == 5 and out.height == 128 and out.width == 2 * meta["width"]
+    assert meta["width"] == round(src.width * 128 / src.height / 8) * 8
+    assert "PSNR" in info and "SSIM" in info and "flicker" in info and RANDOM_WEIGHTS_NOTICE in info
+    assert meta["tiling"]["frames_per_window"] == 8
+    handlers.reconstruct(str(CLIP), 1, "128", "default")  # back to the model's own tiling
+    assert handlers.vae().tiling == handlers._vae_tiling
+
+
+def test_handlers_refuse_bad_input_with_actionable_errors(handlers, tmp_path):
+    with pytest.raises(gr.Error, match="upload a video"):
+        handlers.reconstruct(None, 5, "128", "off")
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("this is not a video")
+    with pytest.raises(gr.Error, match="notes.mp4"):
+        handlers.reconstruct(str(bad), 5, "128", "off")
+    with pytest.raises(gr.Error, match="upload an image"):
+        handlers.image_to_video(None, 0, 2, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
+    with pytest.raises(gr.Error, match="min guidance"):
+        handlers.image_to_video(str(IMAGE), 0, 2, 4.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
+    with pytest.raises(gr.Error, match="prompt"):
+        handlers.text_to_video("   ", "", "animatediff", 0, 2, 7.5, 8, 2, "64x64", "off")
+    with pytest.raises(gr.Error, match="upload an image"):
+        handlers.compare(None, 0, 2, 2, "64x64", ADAPTER_NONE)
+    assert list(handlers.config.outputs.glob("*")) == []  # nothing partial left behind
+
+
+def test_budget_refuses_oversized_jobs_before_work(tmp_path):
+    h = Handlers(AppConfig(outputs=tmp_path / "out", pixel_budget=4 * 64 * 64))
+    with pytest.raises(gr.Error, match="too large for this machine"):
+        h.reconstruct(str(CLIP), 5, "128", "off")
+    assert list(h.config.outputs.glob("*")) == []
+
+
+def test_image_to_video_handler_tiny(handlers):
+    args = (3, 2, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
+    video, files, info = handlers.image_to_video(str(IMAGE), *args)
+    frames, fps = read_video(video)
+    assert frames.shape == (5, 64, 64, 3) and fps == pytest.approx(8.0)  # 2 latents -> 1 + 4 frames
+    meta = json.loads(open(files[1]).read())
+    assert files[0] == video and meta["settings"]["seed"] == 3 and meta["random_weights"] is True
+    assert "**frames**: 5" in info and RANDOM_WEIGHTS_NOTICE in info
+
+
+def test_compare_handler_native_cvvae_and_adapter(handlers, tmp_path):
+    import torch
+
+    from cvvae.pipelines.adapters import AdapterInfo, save_adapter
+    from cvvae.pipelines.tiny import build_tiny_svd
+
+    unet = build_tiny_svd()["unet"]
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(0.5)  # an adapter that changes the output
+    save_adapter(tmp_path / "adapters" / "half", unet, AdapterInfo(mode="conv_out", base_unet="tiny"))
+    native, cv, adapted, table, files = handlers.compare(str(IMAGE), 5, 2, 2, "64x64", "half")
+    assert read_video(native)[0].shape[0] == 2 and read_video(cv)[0].shape[0] == 5  # 1 vs 4 frames per latent
+    assert not np.array_equal(read_video(cv)[0], read_video(adapted)[0])  # same seed, adapter changes it
+    assert "| backbone VAE | 2 |" in table and "| CV-VAE | 5 |" in table and "| CV-VAE + adapter half | 5 |" in table
+    assert len(files) == 6 and all(f.startswith(str(handlers.config.outputs)) for f in files)
+
+
+def test_cancel_stops_generation_and_saves_nothing(handlers, monkeypatch):
+    class Request:
+        session_hash = "browser-tab-1"
+
+    original = handlers._step_callback
+
+    def pressing_cancel_during_first_step(session):
+        callback = original(session)
+
+        def wrapped(pipe, step, timestep, kwargs):
+            handlers.cancel(Request())  # what the Cancel button calls
+            return callback(pipe, step, timestep, kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(handlers, "_step_callback", pressing_cancel_during_first_step)
+    args = (0, 3, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
+    with pytest.raises(gr.Error, match="cancelled at denoising step 1"):
+        handlers.image_to_video(str(IMAGE), *args, request=Request())
+    assert [p for p in handlers.config.outputs.glob("*") if not p.name.startswith(".")] == []
+
+
+def test_gpu_events_share_one_bounded_queue(handlers):
+    demo = build_demo(handlers)
+    gpu = {
+        f.api_name: f
+        for f in demo.fns.values()
+        if f.api_name in ("image_to_video", "text_to_video", "reconstruct", "compare")
+    }
+    assert len(gpu) == 4
+    assert {(f.concurrency_id, f.concurrency_limit) for f in gpu.values()} == {(GPU_QUEUE, 1)}
+    assert demo._queue.max_size == QUEUE_SIZE
+    cancels = [f for f in demo.fns.values() if f.cancels]
+    assert len(cancels) == 4  # one Cancel button per tab
+
+
+# ---- the HTTP API ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    out = tmp_path_factory.mktemp("app-outputs")
+    handlers = Handlers(AppConfig(preset="tiny", outputs=out))
+    demo = build_demo(handlers)
+    port = free_port()
+    launch(demo, handlers, port=port, prevent_thread_lock=True, quiet=True, max_upload="1mb")
+    yield f"http://127.0.0.1:{port}/", handlers
+    demo.close()
+
+
+def test_api_reconstruct_bad_upload_then_keeps_serving(server, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    url, handlers = server
+    client = Client(url, verbose=False)
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/image_to_video", "/text_to_video", "/reconstruct", "/compare"} <= set(endpoints)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x01 definitely not an mp4")
+    with pytest.raises(AppError, match="broken.mp4 is not a readable video"):
+        client.predict(handle_file(str(bad)), 5, "128", "off", api_name="/reconstruct")
+    not_image = tmp_path / "photo.png"
+    not_image.write_bytes(b"PNG? no")
+    args = (0, 2, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "default", ADAPTER_NONE)
+    with pytest.raises(AppError, match="photo.png is not a readable image"):
+        client.predict(handle_file(str(not_image)), *args, api_name="/image_to_video")
+    video, files, info = client.predict(handle_file(str(CLIP)), 3, "128", "off", api_name="/reconstruct")
+    assert read_video(video)[0].shape[0] == 3 and "PSNR" in info
+    assert len(files) == 2 and len(list(handlers.config.outputs.glob("reconstruct_*.mp4"))) == 1
+
+
+def test_server_serves_outputs_and_examples_only(server):
+    url, _ = server
+    ok = urllib.request.urlopen(f"{url}gradio_api/file={CLIP}")
+    assert ok.status == 200 and ok.read(8)[4:8] == b"ftyp"
+    for forbidden in ("/etc/passwd", str(EXAMPLES.parents[1] / "pyproject.toml")):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{url}gradio_api/file={forbidden}")
+        assert err.value.code in (403, 404)
+
+
+def test_server_refuses_uploads_over_the_limit(server):
+    import httpx
+
+    url, _ = server
+    small = httpx.post(f"{url}gradio_api/upload", files={"files": ("clip.mp4", CLIP.read_bytes())})
+    assert small.status_code == 200 and small.json()[0].endswith("clip.mp4")
+    big = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.mp4", b"\0" * 1_200_000)})
+    assert big.status_code == 413

@@ -1,0 +1,141 @@
+"""The web demo in a real headless browser (Debian chromium driven by playwright); saves the README screenshots."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+import pytest
+
+from app.handlers import AppConfig, Handlers
+from app.ui import ASSETS, EXAMPLES, build_demo, launch
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium")
+# Flags that keep chromium quiet and offline (see the stack check): no GPU, no sandbox in containers.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS = ASSETS / "screenshots"
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("no chromium executable on PATH (install it with: apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    handlers = Handlers(AppConfig(preset="tiny", outputs=tmp_path_factory.mktemp("browser-outputs")))
+    demo = build_demo(handlers)  # tiny preset defaults: 2 steps, 3 latents (9 frames), 64x64
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch(demo, handlers, port=port, prevent_thread_lock=True, quiet=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#i2v-run").wait_for(state="visible")
+            yield page
+            browser.close()
+    finally:
+        demo.close()
+
+
+def _wait_for_video(page, elem_id: str) -> dict:
+    """Wait until the result <video> of ``elem_id`` has decoded data (or fail on an error toast)."""
+    page.wait_for_function(
+        f"() => {{ const v = document.querySelector('#{elem_id} video');"
+        " return (v && v.readyState >= 2) || document.querySelector('.toast-body.error') !== null; }"
+    )
+    errors = page.locator(".toast-body.error").all_inner_texts()
+    assert not errors, f"the app showed an error: {errors}"
+    return page.evaluate(
+        f"() => {{ const v = document.querySelector('#{elem_id} video');"
+        " return {w: v.videoWidth, h: v.videoHeight, d: v.duration}; }"
+    )
+
+
+def _screenshot(page, name: str) -> None:
+    """Whole page from the top, for the README (assets/screenshots/<tab>.png)."""
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _close_toasts(page) -> None:
+    for button in page.locator(".toast-close").all():
+        button.click()
+    page.locator(".toast-body").first.wait_for(state="detached")
+
+
+def _upload(page, elem_id: str, path) -> None:
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_notice_is_visible(page):
+    assert "RANDOM" in page.locator("#notice").inner_text()
+
+
+def test_image_to_video_in_browser(page):
+    _tab(page, "Image to video")
+    _upload(page, "i2v-image", EXAMPLES / "cat.jpg")
+    page.locator("#i2v-image img").wait_for(state="visible")
+    page.locator("#i2v-run").click()
+    info = _wait_for_video(page, "i2v-video")
+    assert (info["w"], info["h"]) == (64, 64) and info["d"] > 0
+    assert "RANDOM" in page.locator("#i2v-info").inner_text()
+    assert "frames: 9" in page.locator("#i2v-info").inner_text()  # tiny preset: 3 latents -> 9 frames
+    page.get_by_text("More settings").first.click()  # show every control in the README screenshot
+    _screenshot(page, "image-to-video")
+
+
+def test_bad_upload_shows_error_then_reconstruct_works(page, tmp_path):
+    _tab(page, "Reconstruct")
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    _upload(page, "reconstruct-input", bad)
+    page.locator("#reconstruct-run").click()
+    page.locator(".toast-body.error", has_text="broken.mp4 is not a readable video").wait_for(state="visible")
+    _close_toasts(page)
+    # The same page keeps working: replace the upload with a real clip and reconstruct it.
+    page.locator("#reconstruct-input button[aria-label='Clear']").last.click()
+    _upload(page, "reconstruct-input", EXAMPLES / "coffee_pan.mp4")
+    page.locator("#reconstruct-run").click()
+    info = _wait_for_video(page, "reconstruct-video")
+    assert info["h"] == 128 and info["w"] == 2 * 224  # input | output side by side, short side 128
+    assert "PSNR" in page.locator("#reconstruct-info").inner_text()
+    _screenshot(page, "reconstruct")
+
+
+def test_text_to_video_tab_renders(page):
+    _tab(page, "Text to video")
+    page.locator("#t2v-run").wait_for(state="visible")
+    page.get_by_label("Prompt", exact=True).fill("a red fox running through snow")
+    _screenshot(page, "text-to-video")
+
+
+def test_compare_in_browser(page):
+    _tab(page, "Compare")
+    _upload(page, "compare-image", EXAMPLES / "coffee.jpg")
+    page.locator("#compare-image img").wait_for(state="visible")
+    page.locator("#compare-run").click()
+    native = _wait_for_video(page, "compare-native")
+    cvvae = _wait_for_video(page, "compare-cvvae")
+    assert cvvae["d"] > 0 and native["d"] > 0
+    table = page.locator("#compare-info").inner_text()
+    assert "backbone VAE" in table and "CV-VAE" in table and "warping error" in table
+    _screenshot(page, "compare")

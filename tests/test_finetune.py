@@ -1,0 +1,216 @@
+"""Fine-tuning on the tiny preset: latent cache, EDM loss per mode, conv_out isolation, resume, adapters."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cvvae.errors import InputError
+from finetune.config import ConfigError, load_config
+from tests.conftest import VIDEOS
+
+BASE = [
+    "model.base=tiny",
+    "model.cvvae=tiny",
+    "data.height=64",
+    "data.width=64",
+    "data.num_latent_frames=2",
+    "data.shard_size=1",
+    "train.mixed_precision=no",
+    "train.gradient_checkpointing=false",
+    "train.report_to=none",
+    "train.learning_rate=1e-2",
+    "train.max_steps=4",
+    "train.checkpoint_every=2",
+]
+
+
+def _write_clips(folder: Path) -> None:
+    """Two short clips (cut from the shared real videos when present, else synthetic) + one corrupt file."""
+    from cvvae.video import read_video, write_video
+
+    folder.mkdir(parents=True)
+    real = sorted(VIDEOS.glob("*.mp4"))[:2] if VIDEOS.is_dir() else []
+    for i in range(2):
+        if len(real) == 2:
+            frames, fps = read_video(real[i], num_frames=8, size=(72, 96))
+        else:
+            t = np.arange(8)[:, None, None, None]
+            frames = ((np.indices((72, 96)).sum(0)[None, ..., None] * (i + 1) + 9 * t) % 256).repeat(3, -1)
+            frames, fps = frames.astype(np.uint8), 24.0
+        write_video(folder / f"clip{i}.mp4", frames, fps)
+    (folder / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    from finetune.data import build_cache
+    from finetune.models import load_encoders, model_ids
+
+    root = tmp_path_factory.mktemp("ft")
+    _write_clips(root / "videos")
+    cfg = load_config(None, BASE + [f"data.videos={root / 'videos'}", f"data.cache_dir={root / 'cache'}"])
+    enc = load_encoders(cfg.model)
+    assert build_cache(cfg.data, enc, model_ids(cfg.model), limit_shards=1) == {}  # interrupted after one shard
+    first = (root / "cache" / "shard-00000.safetensors").stat().st_mtime_ns
+    manifest = build_cache(cfg.data, enc, model_ids(cfg.model))  # resumes: shard 0 is not rewritten
+    assert (root / "cache" / "shard-00000.safetensors").stat().st_mtime_ns == first
+    return root, manifest
+
+
+def _cfg(root: Path, *extra: str):
+    return load_config(None, BASE + [f"data.cache_dir={root / 'cache'}", *extra])
+
+
+def test_cache_manifest_and_report(cache):
+    from finetune.data import LatentCache
+
+    root, manifest = cache
+    assert manifest["num_clips"] == 2
+    clip = manifest["clips"][0]
+    assert clip["frames"] == 5 and clip["size"] == [64, 64] and clip["start"] == 0 and clip["fps"] > 0
+    assert manifest["models"] == {"base_unet": "tiny", "cvvae": "tiny"}
+    report = json.loads((root / "cache" / "report.json").read_text())
+    assert [Path(s["source"]).name for s in report["skipped"]] == ["corrupt.mp4"]
+    item = LatentCache(root / "cache")[1]
+    assert item["latents_mean"].shape == (4, 2, 8, 8) and item["cond_latent"].shape == (4, 8, 8)
+    assert item["image_embeds"].shape == (1, 32) and torch.isfinite(item["latents_logvar"]).all()
+
+
+def test_cache_refuses_other_settings(cache):
+    from finetune.data import build_cache
+    from finetune.models import model_ids
+
+    root, _ = cache
+    cfg = _cfg(root, f"data.videos={root / 'videos'}", "data.height=128")
+    with pytest.raises(InputError, match="other settings"):
+        build_cache(cfg.data, {}, model_ids(cfg.model))
+
+
+def test_conv_out_mode_changes_only_conv_out(cache):
+    from finetune.train import TrainState, _loop, build_training
+
+    root, _ = cache
+    cfg = _cfg(root, f"train.output_dir={root / 'iso'}", "train.max_steps=2", "train.checkpoint_every=100")
+    accelerator, unet, opt, sched, loader, _, peft = build_training(cfg)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    loss = _loop(cfg, accelerator, unet, opt, sched, loader, TrainState())
+    assert math.isfinite(loss) and peft is None
+    after = unet.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"conv_out.weight", "conv_out.bias"}
+
+
+@pytest.mark.parametrize("mode", ["lora", "lora+conv_out"])
+def test_lora_modes_train(cache, mode):
+    from finetune.train import train
+
+    root, _ = cache
+    out = root / f"run-{mode}"
+    result = train(_cfg(root, f"train.output_dir={out}", f"train.mode={mode}", "train.max_steps=2", "lora.rank=2"))
+    assert result["step"] == 2 and math.isfinite(result["loss"])
+    from safetensors.torch import load_file
+
+    keys = set(load_file(out / "adapter" / "adapter.safetensors"))
+    assert any("lora_" in k and "temporal_transformer_blocks" in k for k in keys)
+    assert any("lora_" in k and ".transformer_blocks." in k for k in keys)
+    assert ("conv_out.weight" in keys) == (mode == "lora+conv_out")
+
+
+def test_kill_and_resume_matches_straight_run(cache):
+    from safetensors.torch import load_file
+
+    from finetune.train import list_checkpoints, train
+
+    root, _ = cache
+    steps = ["train.max_steps=3", "train.checkpoint_every=2", "train.keep_checkpoints=1"]
+    straight = train(_cfg(root, f"train.output_dir={root / 'straight'}", *steps))
+    killed = _cfg(root, f"train.output_dir={root / 'resumed'}", *steps, "train.stop_after=2")
+    assert train(killed)["adapter"] is None  # stopped at step 2: checkpoint only
+    assert [p.name for p in list_checkpoints(root / "resumed")] == ["checkpoint-2"]
+    resumed = train(_cfg(root, f"train.output_dir={root / 'resumed'}", *steps), resume="latest")
+    assert resumed["step"] == straight["step"] == 3
+    a = load_file(root / "straight" / "adapter" / "adapter.safetensors")
+    b = load_file(root / "resumed" / "adapter" / "adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["loss"] == straight["loss"]
+    assert [p.name for p in list_checkpoints(root / "straight")] == ["checkpoint-3"]  # last K=1 kept
+    assert not list((root / "straight").glob(".checkpoint-*"))  # temporary folders renamed away
+
+    # the adapter reloads into a fresh tiny UNet and changes its output, deterministically
+    from cvvae.pipelines.adapters import apply_adapter, load_adapter_info
+    from cvvae.pipelines.tiny import build_tiny_svd
+
+    info = load_adapter_info(root / "straight" / "adapter")
+    assert info.mode == "conv_out" and info.step == 3 and info.base_unet == "tiny" and info.data["num_clips"] == 2
+    outs = []
+    for adapter in (None, root / "straight" / "adapter", root / "resumed" / "adapter"):
+        unet = build_tiny_svd()["unet"]
+        if adapter:
+            apply_adapter(unet, adapter)
+        g = torch.Generator().manual_seed(0)
+        x, emb = torch.randn(1, 2, 8, 8, 8, generator=g), torch.randn(1, 1, 32, generator=g)
+        with torch.no_grad():
+            outs.append(
+                unet(x, 1.0, encoder_hidden_states=emb, added_time_ids=torch.tensor([[5.0, 127, 0.02]])).sample
+            )
+    assert not torch.allclose(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.mode=full", "train.mode must be one of"),
+        ("data.height=100", "multiples of 64"),
+        ("train.learning_rate=fast", "must be a number"),
+        ("train.lr=1", "unknown config key"),
+        ("lora.rank=0", "lora.rank must be >= 1"),
+        ("nonsense", "section.key=value"),
+    ],
+)
+def test_bad_config_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_cli_bad_config_exit_code(tmp_path, capsys):
+    from finetune.__main__ import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  mode: everything\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.mode must be one of") and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_evaluate_and_training_samples(cache):
+    from finetune.evaluate import EvalSettings, evaluate
+    from finetune.train import train
+
+    root, _ = cache
+    out = root / "sampled"
+    cfg = _cfg(root, f"train.output_dir={out}", "train.max_steps=1", "train.sample_every=1", "train.sample_steps=2")
+    adapter = train(cfg)["adapter"]
+    assert (out / "samples" / "sample-000001.mp4").is_file()
+    s = EvalSettings(
+        adapter=adapter,
+        inputs=[str(root / "videos" / "clip0.mp4")],
+        out_dir=str(root / "eval"),
+        preset="tiny",
+        seeds=[0],
+        steps=2,
+        num_latent_frames=2,
+        height=64,
+        width=64,
+    )
+    report = evaluate(s)
+    row = report["clips"][0]
+    assert set(row["base"]) >= {"frame_difference", "warping_error"}
+    assert (root / "eval" / "grids" / "clip0_seed0.mp4").is_file() and (root / "eval" / "report.md").is_file()
+    assert "| **mean** |" in report["markdown"]

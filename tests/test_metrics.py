@@ -1,0 +1,85 @@
+"""Metrics: PSNR, SSIM, flicker (frame difference, optical-flow warping error) and the seam measure."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from cvvae import metrics
+from cvvae.errors import InputError
+
+
+def texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth random RGB texture (something optical flow can track)."""
+    noise = np.random.default_rng(seed).uniform(0, 255, (h, w, 3)).astype(np.float32)
+    return np.clip(cv2.GaussianBlur(noise, (0, 0), 3) * 4 - 384, 0, 255).astype(np.uint8)
+
+
+def translating_clip(t: int = 6, h: int = 64, w: int = 96, step: int = 2) -> np.ndarray:
+    """A camera pan: windows of a larger texture, moving ``step`` pixels right per frame."""
+    canvas = texture(h, w + step * t)
+    return np.stack([canvas[:, i * step : i * step + w] for i in range(t)])
+
+
+def test_psnr():
+    a = np.random.default_rng(0).integers(0, 200, (2, 8, 8, 3), dtype=np.uint8)
+    assert metrics.psnr(a, a) == math.inf
+    assert metrics.psnr(a, a + 10) == pytest.approx(10 * math.log10(255**2 / 100))
+    assert metrics.psnr(a, a + 1) > metrics.psnr(a, a + 10)
+    with pytest.raises(InputError):
+        metrics.psnr(a, a[:1])
+    with pytest.raises(InputError):
+        metrics.psnr(a.astype(np.float32), a)
+
+
+def test_ssim():
+    rng = np.random.default_rng(0)
+    clip = np.stack([texture(48, 64, seed=i) for i in range(3)])
+    assert metrics.ssim(clip, clip) == pytest.approx(1.0, abs=1e-9)
+
+    def noisy(sigma):
+        return np.clip(clip + rng.normal(0, sigma, clip.shape), 0, 255).astype(np.uint8)
+
+    light, heavy = metrics.ssim(clip, noisy(5)), metrics.ssim(clip, noisy(40))
+    assert 1.0 > light > heavy and heavy < 0.8
+    assert metrics.ssim(clip, 255 - clip) < 0
+
+
+def test_flicker_static_and_flickering():
+    still = np.repeat(texture(32, 48)[None], 5, axis=0)
+    assert metrics.flicker(still) == {"frame_difference": 0.0, "warping_error": 0.0}
+    flickering = still.astype(np.int16)
+    flickering[1::2] += 20  # brightness jumps every other frame
+    flickering = flickering.clip(0, 255).astype(np.uint8)
+    f = metrics.flicker(flickering)
+    assert f["frame_difference"] == pytest.approx(20 / 255, rel=0.1)
+    assert f["warping_error"] > 0.03
+    assert metrics.frame_difference(still[:1]) == 0.0
+
+
+def test_warping_error_explains_motion():
+    pan = translating_clip()
+    diff, warp = metrics.frame_difference(pan), metrics.warping_error(pan)
+    assert diff > 0.02  # the frames do change ...
+    assert warp < 0.2 * diff and warp < 0.01  # ... but the flow explains the change
+    # the same clip, downscaled for the flow, still explains it
+    big = np.stack([cv2.resize(f, (192, 128)) for f in pan])
+    assert metrics.warping_error(big, max_side=96) < 0.2 * metrics.frame_difference(big)
+
+
+def test_seam_score_finds_injected_jumps():
+    drift = np.stack([np.full((16, 16, 3), 40 + i, np.uint8) for i in range(33)])  # slow, even change
+    assert metrics.seam_score(drift, period=8)["ratio"] == pytest.approx(1.0)
+    seams = drift.astype(np.int16)
+    for k in range(8, 33, 8):
+        seams[k:] += 12  # a jump into frames 8, 16, 24, 32
+    seams = seams.clip(0, 255).astype(np.uint8)
+    score = metrics.seam_score(seams, period=8)
+    assert score["at_boundaries"] == pytest.approx(13 / 255) and score["inside"] == pytest.approx(1 / 255)
+    assert score["ratio"] > 10
+    assert metrics.seam_score(seams, period=8, offset=4)["ratio"] < 1  # wrong phase: no seam there
+    with pytest.raises(InputError):
+        metrics.seam_score(drift[:5], period=8)
