@@ -100,7 +100,7 @@ def _examples(*suffixes: str) -> list[list[str]]:
 def _frames_controls(num_latent_frames: int, fps_value: float, max_latent_frames: int):
     """Latent frames + fps with a live label of the resulting frame count and duration."""
     with gr.Row():
-        n = gr.Slider(1, max_latent_frames, value=num_latent_frames, step=1, label="Latent frames")
+        n = gr.Slider(2, max_latent_frames, value=num_latent_frames, step=1, label="Latent frames")
         fps = gr.Slider(1, 60, value=fps_value, step=1, label="Output fps")
     label = gr.Markdown(frames_label(num_latent_frames, fps_value))
     for c in (n, fps):

@@ -63,8 +63,8 @@ class GenerationSettings:
         _check(self.vae in VAE_CHOICES, f"vae must be 'cvvae' or 'native', got {self.vae!r}")
         n = self.num_latent_frames
         _check(
-            n is None or (_is_int(n) and 1 <= n <= MAX_LATENT_FRAMES),
-            f"num_latent_frames must be in 1..{MAX_LATENT_FRAMES}, got {n!r}",
+            n is None or (_is_int(n) and 2 <= n <= MAX_LATENT_FRAMES),
+            f"num_latent_frames must be in 2..{MAX_LATENT_FRAMES} (n latents give 1 + 4(n-1) frames), got {n!r}",
         )
         _check(
             self.steps is None or (_is_int(self.steps) and 1 <= self.steps <= 1000),

@@ -46,10 +46,10 @@ def fps_conditioning(output_fps: float, override: int | None = None) -> int:
 
 
 def check_frames_and_size(num_latent_frames: int, height: int, width: int) -> None:
-    """InputError for latent counts outside 1..MAX_LATENT_FRAMES and sizes not multiples of 64."""
-    if not isinstance(num_latent_frames, int) or not 1 <= num_latent_frames <= MAX_LATENT_FRAMES:
+    """InputError for latent counts outside 2..MAX_LATENT_FRAMES and sizes not multiples of 64."""
+    if not isinstance(num_latent_frames, int) or not 2 <= num_latent_frames <= MAX_LATENT_FRAMES:
         raise InputError(
-            f"num_latent_frames must be an integer in 1..{MAX_LATENT_FRAMES} "
+            f"num_latent_frames must be an integer in 2..{MAX_LATENT_FRAMES} "
             f"(n latents give 1 + 4(n-1) frames), got {num_latent_frames!r}"
         )
     for name, v in (("height", height), ("width", width)):
