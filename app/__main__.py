@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 REAL_WEIGHTS_HINT = (
     "To generate with real weights, run on a CUDA machine with the models in the Hugging Face cache "
-    "(or online): python -m app --preset svd-xt  (see README.md, "Web demo")"
+    "(or online): python -m app --preset svd-xt  (see README.md, section 'Web demo')"
 )
 
 

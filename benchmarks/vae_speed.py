@@ -23,9 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from diffusers.utils import logging as diffusers_logging
+from torch.utils.flop_counter import FlopCounterMode
 
 from cvvae import CVVAEModel
 

@@ -56,7 +56,7 @@ class LossConfig:
         if self.reg_kind not in ("l1", "l2"):
             raise InputError(f"loss.reg_kind must be l1 or l2, got {self.reg_kind!r}")
         if self.lpips_weight > 0 and not self.lpips_weights:
-            raise InputError("loss.lpips_weight > 0 needs loss.lpips_weights (see README.md, "Training CV-VAE")")
+            raise InputError("loss.lpips_weight > 0 needs loss.lpips_weights (README, 'Training CV-VAE')")
         weights = (self.l1_weight, self.lpips_weight, self.kl_weight, self.disc_weight, self.reg_decoder)
         if min(weights + (self.reg_encoder,)) < 0:
             raise InputError("loss weights must be >= 0")
