@@ -1,0 +1,35 @@
+"""The GPU benchmarks run end to end on CPU with tiny components (their --small smoke mode)."""
+
+import json
+
+from benchmarks import svd_speed, vae_speed
+
+
+def test_svd_generation_benchmark_splits_time_between_unet_and_vae(tmp_path):
+    args = ["generate", "--small", "--device", "cpu", "--latents", "3", "--steps", "2", "--native"]
+    svd_speed.main(args + ["--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "svd_speed_generate.json").read_text())["rows"]
+    cvvae, native = rows
+    assert (cvvae["frames"], native["frames"]) == (9, 3)  # CV-VAE: 3 latents -> 9 frames; SVD's VAE: 3
+    assert 0 < cvvae["unet_s"] + cvvae["cvvae_s"] + cvvae["clip_s"] <= cvvae["seconds"]
+    assert native["native_vae_s"] > 0 and "native_vae_s" not in cvvae
+    assert "| cvvae | 3 | 9 | 64x64 | 2 |" in (tmp_path / "svd_speed_generate.md").read_text()
+
+
+def test_finetune_benchmark_counts_trainable_parameters_per_mode(tmp_path):
+    args = ["finetune", "--small", "--device", "cpu", "--latents", "3", "--repeats", "1", "--out", str(tmp_path)]
+    svd_speed.main(args + ["--modes", "conv_out", "lora", "--checkpointing", "0"])
+    rows = json.loads((tmp_path / "svd_speed_finetune.json").read_text())["rows"]
+    conv_out, lora = rows
+    assert conv_out["trainable"] == 32 * 4 * 9 + 4  # tiny UNet's conv_out: 32 -> 4 channels, 3x3
+    assert lora["trainable"] > conv_out["trainable"]
+    assert all(r["s_per_step"] > 0 and r["loss"] == r["loss"] for r in rows)
+
+
+def test_vae_speed_benchmark_writes_its_table(tmp_path, monkeypatch):
+    argv = ["vae_speed", "--small", "--device", "cpu", "--repeats", "1", "--dtypes", "fp32", "--tiling", "off"]
+    monkeypatch.setattr("sys.argv", argv + ["--out", str(tmp_path)])
+    vae_speed.main()
+    rows = json.loads((tmp_path / "vae_speed.json").read_text())["rows"]
+    assert [r["work"] for r in rows] == ["encode", "decode"]
+    assert all(r["max_abs_err"] == 0 for r in rows)  # fp32 untiled is the reference itself
