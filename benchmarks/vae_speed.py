@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import platform
@@ -64,6 +65,27 @@ def make_input(case: Case, device: str, seed: int = 0) -> torch.Tensor:
     return x.to(device)
 
 
+def channels_last(model: CVVAEModel) -> CVVAEModel:
+    """Conv weights in NDHWC order; cuDNN then keeps activations channels-last through the network."""
+    for p in model.parameters():
+        if p.dim() == 5:  # Conv3d kernels (the model also holds 2-D ones, which keep their layout)
+            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+    for net in (model.encoder, model.decoder):
+        net.register_forward_pre_hook(
+            lambda _m, args: (args[0].contiguous(memory_format=torch.channels_last_3d), *args[1:])
+        )
+    return model
+
+
+def compiled(model: CVVAEModel) -> CVVAEModel:
+    model.encoder.compile(dynamic=False)
+    model.decoder.compile(dynamic=False)
+    return model
+
+
+VARIANTS = {"eager": lambda m: m, "channels_last": channels_last, "compile": compiled}
+
+
 def run_once(model: CVVAEModel, case: Case, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         if case.work == "encode":
@@ -108,6 +130,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp16"], choices=list(DTYPES))
     parser.add_argument("--tiling", nargs="+", default=["default", "off"], choices=["default", "off", "tile-norm"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["eager"],
+        choices=list(VARIANTS),
+        help="optimisations to measure one by one: eager, channels_last (3-D), compile (torch.compile of the nets)",
+    )
     parser.add_argument("--small", action="store_true", help="tiny sizes and a tiny model (smoke test)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 error measurement")
@@ -124,36 +153,38 @@ def main() -> None:
     rows = []
     for case in cases:
         x = make_input(case, args.device)
-        ref = None
-        for tiling in args.tiling:
-            for name in args.dtypes:
-                model = copy.deepcopy(base).to(device=args.device, dtype=DTYPES[name])
-                if tiling == "off":
-                    model.disable_tiling()
-                else:
-                    model.enable_tiling(norm="tile" if tiling == "tile-norm" else "pooled")
-                row = dict(asdict(case), dtype=name, tiling=tiling)
-                try:
-                    sec, peak, y = time_case(model, case, x.to(DTYPES[name]), args.device, args.repeats)
-                    flops = count_flops(model, case, x.to(DTYPES[name]))
-                    row.update(
-                        seconds=sec,
-                        fps=case.frames / sec,
-                        peak_gib=peak,
-                        tflop=flops / 1e12,
-                        tflops_per_s=flops / 1e12 / sec,
-                    )
-                    if not args.no_reference and case.frames <= 97:
-                        if ref is None:
-                            fp32 = copy.deepcopy(base).to(device=args.device)
-                            fp32.disable_tiling()
-                            ref = run_once(fp32, case, x.float()).cpu()
-                        row.update(errors(y.cpu(), ref))
-                except torch.OutOfMemoryError:
-                    row.update(error="out of memory")
-                    torch.cuda.empty_cache()
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        ref, flops = None, {}
+        for tiling, name, variant in itertools.product(args.tiling, args.dtypes, args.variants):
+            model = copy.deepcopy(base).to(device=args.device, dtype=DTYPES[name])
+            if tiling == "off":
+                model.disable_tiling()
+            else:
+                model.enable_tiling(norm="tile" if tiling == "tile-norm" else "pooled")
+            row = dict(asdict(case), dtype=name, tiling=tiling, variant=variant)
+            xd = x.to(DTYPES[name])
+            try:
+                if (tiling, name) not in flops:  # the same for every variant: count on the eager model
+                    flops[tiling, name] = count_flops(model, case, xd)
+                model = VARIANTS[variant](model)
+                sec, peak, y = time_case(model, case, xd, args.device, args.repeats)
+                row.update(
+                    seconds=sec,
+                    fps=case.frames / sec,
+                    peak_gib=peak,
+                    tflop=flops[tiling, name] / 1e12,
+                    tflops_per_s=flops[tiling, name] / 1e12 / sec,
+                )
+                if not args.no_reference and case.frames <= 97:
+                    if ref is None:
+                        fp32 = copy.deepcopy(base).to(device=args.device)
+                        fp32.disable_tiling()
+                        ref = run_once(fp32, case, x.float()).cpu()
+                    row.update(errors(y.cpu(), ref))
+            except torch.OutOfMemoryError:
+                row.update(error="out of memory")
+                torch.cuda.empty_cache()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     write_reports(rows, args)
 
 
@@ -168,6 +199,7 @@ def write_reports(rows: list[dict], args) -> None:
         "size",
         "dtype",
         "tiling",
+        "variant",
         "s",
         "frames/s",
         "peak GiB",
@@ -183,7 +215,7 @@ def write_reports(rows: list[dict], args) -> None:
         "|" + " --- |" * len(columns),
     ]
     for r in rows:
-        cells = [r["work"], r["frames"], f"{r['height']}x{r['width']}", r["dtype"], r["tiling"]]
+        cells = [r["work"], r["frames"], f"{r['height']}x{r['width']}", r["dtype"], r["tiling"], r["variant"]]
         if "error" in r:
             cells += [r["error"]] + [""] * 6
         else:

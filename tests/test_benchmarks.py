@@ -28,8 +28,16 @@ def test_finetune_benchmark_counts_trainable_parameters_per_mode(tmp_path):
 
 def test_vae_speed_benchmark_writes_its_table(tmp_path, monkeypatch):
     argv = ["vae_speed", "--small", "--device", "cpu", "--repeats", "1", "--dtypes", "fp32", "--tiling", "off"]
+    argv += ["--variants", "eager", "channels_last"]
     monkeypatch.setattr("sys.argv", argv + ["--out", str(tmp_path)])
     vae_speed.main()
     rows = json.loads((tmp_path / "vae_speed.json").read_text())["rows"]
-    assert [r["work"] for r in rows] == ["encode", "decode"]
-    assert all(r["max_abs_err"] == 0 for r in rows)  # fp32 untiled is the reference itself
+    assert [(r["work"], r["variant"]) for r in rows] == [
+        ("encode", "eager"),
+        ("encode", "channels_last"),
+        ("decode", "eager"),
+        ("decode", "channels_last"),
+    ]
+    eager, channels_last = rows[0], rows[1]
+    assert eager["max_abs_err"] == 0  # fp32 untiled eager is the reference itself
+    assert channels_last["max_abs_err"] < 1e-4 and channels_last["tflop"] == eager["tflop"]
