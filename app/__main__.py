@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--cvvae",
         default=None,
-        help="CV-VAE for the Reconstruct tab: hub id, folder, 'nano' or 'tiny' (default: the preset's)",
+        help="CV-VAE for the Reconstruct tab: hub id, folder, 'nano' or 'tiny' "
+        "(default: the released model; 'nano' on the tiny preset)",
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")

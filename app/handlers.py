@@ -21,6 +21,11 @@ from cvvae import video_frames
 from cvvae.errors import InputError, UserError
 from cvvae.loading import RANDOM_WEIGHTS_NOTICE
 
+NANO_NOTICE = (
+    "reconstructed by 'nano', a toy CV-VAE trained on two clips (blurry by design); "
+    "real weights: python -m app --cvvae AILab-CVC/CV-VAE"
+)
+
 log = logging.getLogger(__name__)
 
 ADAPTER_NONE = "none"
@@ -198,11 +203,15 @@ class Handlers:
                 f"(limit {budget:,} frame-pixels per job). {_smaller_hint()}"
             )
 
-    def info_text(self, result_meta: dict, extra: str = "") -> str:
+    def info_text(self, result_meta: dict, extra: str = "", vae_only: bool = False) -> str:
+        """Result lines; a warning first when they come from random (or toy) weights."""
         lines = [f"**{k}**: {v}" for k, v in result_meta.items()]
         if extra:
             lines.append(extra)
-        if self.config.random_weights:
+        source = self._vae_source()[0] if vae_only else None
+        if source == "nano":
+            lines.insert(0, f"⚠️ {NANO_NOTICE}")
+        elif self.config.random_weights or source == "tiny":
             lines.insert(0, f"⚠️ {RANDOM_WEIGHTS_NOTICE}")
         return "  \n".join(lines)
 
@@ -352,14 +361,19 @@ class Handlers:
                     model_id="/".join(filter(None, self._vae_source())),
                 )
         files = [str(p) for p in _result_paths(res, out)]
-        return str(out), files, self.info_text(metrics_summary(res), "left: input, right: CV-VAE reconstruction")
+        text = self.info_text(metrics_summary(res), "left: input, right: CV-VAE reconstruction", vae_only=True)
+        return str(out), files, text
 
     def _vae_source(self) -> tuple[str, str | None]:
-        """(model, subfolder): --cvvae, else the CV-VAE component given, else tiny / the released model."""
+        """(model, subfolder): --cvvae, else the CV-VAE component given, else the released model.
+
+        The ``tiny`` preset reconstructs with ``nano`` (small trained weights shipped in ``assets/``), so
+        the Reconstruct tab shows a real, if blurry, reconstruction offline instead of noise.
+        """
         name = self.config.cvvae or self.config.components.get("cvvae")
         if name:
             return name, None
-        return ("tiny", None) if self.config.random_weights else CVVAE_HUB
+        return ("nano", None) if self.config.random_weights else CVVAE_HUB
 
     # ---- comparison -----------------------------------------------------------------------------
     def compare(

@@ -112,7 +112,8 @@ def test_bad_upload_shows_error_then_reconstruct_works(page, tmp_path):
     page.locator(".toast-body.error", has_text="broken.mp4 is not a readable video").wait_for(state="visible")
     _close_toasts(page)
     # The same page keeps working: replace the upload with a real clip and reconstruct it.
-    page.locator("#reconstruct-input button[aria-label='Clear']").last.click()
+    # dispatch the click: the input's error overlay may still cover the button on a loaded machine
+    page.locator("#reconstruct-input button[aria-label='Clear']").last.dispatch_event("click")
     _upload(page, "reconstruct-input", EXAMPLES / "coffee_pan.mp4")
     page.locator("#reconstruct-run").click()
     info = _wait_for_video(page, "reconstruct-video")
