@@ -12,16 +12,16 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=$PWD:$HOME/gpu-site
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-for task in "${@:-vae vae-variants generate finetune}"; do
-  for t in $task; do
-    case $t in
-      vae) python3 -m benchmarks.vae_speed --out "$out" ;;
-      vae-variants)  # the optimisations one by one, bf16 at default tiling
-        python3 -m benchmarks.vae_speed --dtypes bf16 --tiling default --variants eager channels_last compile \
-          --out "$out/variants" ;;
-      generate) python3 -m benchmarks.svd_speed generate --native --out "$out" ;;
-      finetune) python3 -m benchmarks.svd_speed finetune --out "$out" ;;
-      *) echo "unknown task $t (vae, vae-variants, generate, finetune)" >&2; exit 2 ;;
-    esac
-  done
+tasks=("$@")
+[ ${#tasks[@]} -gt 0 ] || tasks=(vae vae-variants generate finetune)
+for t in "${tasks[@]}"; do
+  case $t in
+    vae) python3 -m benchmarks.vae_speed --out "$out" ;;
+    vae-variants)  # the optimisations one by one, bf16 at default tiling
+      python3 -m benchmarks.vae_speed --dtypes bf16 --tiling default --variants eager channels_last compile \
+        --out "$out/variants" ;;
+    generate) python3 -m benchmarks.svd_speed generate --native --out "$out" ;;
+    finetune) python3 -m benchmarks.svd_speed finetune --out "$out" ;;
+    *) echo "unknown task $t (vae, vae-variants, generate, finetune)" >&2; exit 2 ;;
+  esac
 done

@@ -75,19 +75,16 @@ def build_components(small: bool, device: str, dtype: torch.dtype) -> dict:
     """Random SVD-XT components (``small``: the ``tiny`` preset's), on ``device`` in ``dtype``."""
     from cvvae.pipelines.tiny import build_tiny_svd
 
-    if small:
-        parts = build_tiny_svd()
-    else:
-        from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    parts = build_tiny_svd()  # scheduler and feature extractor are SVD's; full size replaces the models
+    parts["unet"] = build_unet(small, device, dtype)
+    if not small:
+        from diffusers import AutoencoderKLTemporalDecoder
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         from cvvae import CVVAEModel
 
-        parts = build_tiny_svd()  # scheduler and feature extractor are SVD's; the models are replaced
-        torch.manual_seed(0)
         with torch.device(device):  # initialise on the GPU: seconds instead of minutes
             parts.update(
-                unet=UNetSpatioTemporalConditionModel(),
                 image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_XT_CLIP)),
                 native_vae=AutoencoderKLTemporalDecoder(**SVD_VAE),
                 vae=CVVAEModel(),
@@ -98,16 +95,22 @@ def build_components(small: bool, device: str, dtype: torch.dtype) -> dict:
 
 
 class PhaseTimer:
-    """Wraps methods of modules to add up their synchronised seconds and the peak memory during them."""
+    """Wraps methods of modules to add up their synchronised seconds and the peak memory during them.
+
+    The CUDA peak counter is reset at the start of every phase, so ``overall`` keeps the call's peak.
+    """
 
     def __init__(self, device: str):
-        self.device, self.seconds, self.peak = device, {}, {}
+        self.device = device
+        self.reset()
 
     def wrap(self, obj, method: str, phase: str) -> None:
         inner = getattr(obj, method)
 
         def timed(*args, **kwargs):
             sync(self.device)
+            self.overall = max(self.overall, peak_gib(self.device))  # the peak before this phase
+            reset_peak(self.device)
             start = time.perf_counter()
             out = inner(*args, **kwargs)
             sync(self.device)
@@ -119,7 +122,10 @@ class PhaseTimer:
         setattr(obj, method, timed)
 
     def reset(self) -> None:
-        self.seconds, self.peak = {}, {}
+        self.seconds, self.peak, self.overall = {}, {}, 0.0
+
+    def total_peak(self) -> float:
+        return max(self.overall, peak_gib(self.device)) if self.device == "cuda" else float("nan")
 
 
 def bench_generate(args) -> list[dict]:
@@ -163,7 +169,7 @@ def bench_generate(args) -> list[dict]:
                     frames = pipe(**call).frames
                     sync(args.device)
                 total = time.perf_counter() - start
-                row.update(frames=int(frames.shape[1]), seconds=total, peak_gib=peak_gib(args.device))
+                row.update(frames=int(frames.shape[1]), seconds=total, peak_gib=timer.total_peak())
                 row.update({f"{k}_s": v for k, v in timer.seconds.items()})
                 row.update({f"{k}_peak_gib": v for k, v in timer.peak.items()})
             except torch.OutOfMemoryError:
