@@ -71,26 +71,30 @@ def choose_preset(requested: str | None, cuda: bool, weights: bool = True) -> tu
 
 def weights_reachable(preset: str = "svd-xt") -> bool:
     """False only when the hub is offline and the preset's SVD and CV-VAE are not in the local cache."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+    from cvvae.hub import DEFAULT_SUBFOLDER, is_offline
+
+    if not is_offline():
         return True
     from huggingface_hub import try_to_load_from_cache
 
     from cvvae.pipelines.presets import PRESETS
 
     parts = PRESETS[preset].components
-    wanted = [(parts["svd"], "model_index.json"), (parts["cvvae"], "vae3d_v1-1/config.json")]
+    wanted = [(parts["svd"], "model_index.json"), (parts["cvvae"], f"{DEFAULT_SUBFOLDER}/config.json")]
     return all(Path(repo).is_dir() or isinstance(try_to_load_from_cache(repo, name), str) for repo, name in wanted)
 
 
 def make_handlers(args: argparse.Namespace):
     import torch
 
+    from cvvae.pipelines.presets import get_preset, parse_components
+
     from .handlers import CPU_PIXEL_BUDGET, AppConfig, Handlers
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
     preset, notice = choose_preset(args.preset, cuda, weights=args.preset is not None or weights_reachable())
+    get_preset(preset)  # InputError for an unknown preset
     components = parse_components(args.component)
-    _check_preset(preset, components)
     device = args.device or ("cuda" if cuda else "cpu")
     config = AppConfig(
         preset=preset,
@@ -104,31 +108,6 @@ def make_handlers(args: argparse.Namespace):
         cpu_offload=args.cpu_offload,
     )
     return Handlers(config)
-
-
-def parse_components(items: list[str]) -> dict:
-    """``["svd=/models/svd-xt", ...]`` -> ``{"svd": "/models/svd-xt"}`` (InputError on a malformed item)."""
-    from cvvae.errors import InputError
-
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise InputError(f"--component takes NAME=PATH (e.g. svd=/models/svd-xt), got {item!r}")
-        out[name.strip()] = value.strip()
-    return out
-
-
-def _check_preset(preset: str, components: dict) -> None:
-    from cvvae.errors import InputError
-    from cvvae.pipelines.api import PRESETS
-    from cvvae.pipelines.presets import COMPONENT_KEYS
-
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    bad = sorted(set(components) - set(COMPONENT_KEYS))
-    if bad:
-        raise InputError(f"unknown --component {', '.join(bad)}; known: {', '.join(COMPONENT_KEYS)}")
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 from cvvae.errors import InputError, UserError
 
 RESULTS = "results.jsonl"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def read_jobs(path: str | Path) -> list[tuple[str, object]]:
@@ -46,7 +46,7 @@ def read_jobs(path: str | Path) -> list[tuple[str, object]]:
         if not isinstance(data, dict):
             raise InputError(f"{path}:{n} must be a JSON object with at least id and mode")
         job_id = str(data.pop("id", ""))
-        if not ID_PATTERN.match(job_id):
+        if not ID_PATTERN.fullmatch(job_id):
             raise InputError(f"{path}:{n}: id {job_id!r} must be 1-128 letters, digits, '.', '_' or '-'")
         if job_id in seen:
             raise InputError(f"{path}:{n}: duplicate id {job_id!r}")
@@ -160,8 +160,8 @@ def run_batch(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cvvae.pipelines.cli import _component
-    from cvvae.pipelines.presets import CVVAE_SUBFOLDERS, PRESETS
+    from cvvae.hub import CVVAE_SUBFOLDERS, DEFAULT_SUBFOLDER
+    from cvvae.pipelines.presets import COMPONENT_KEYS, PRESETS
 
     p = argparse.ArgumentParser(prog="python -m app.batch", description=__doc__.split("\n\n")[0])
     p.add_argument("jobs", help="JSON Lines file: one job per line (id, mode, prompt or image, settings)")
@@ -169,17 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="svd-xt", help="models and defaults for every job")
     p.add_argument("--device", default=None, help="default: cuda if available (each process its own GPU)")
     p.add_argument("--cpu-offload", action="store_true")
-    p.add_argument("--cvvae-subfolder", choices=CVVAE_SUBFOLDERS, default="vae3d_v1-1")
-    p.add_argument("--component", type=_component, action="append", default=[], metavar="NAME=PATH")
+    p.add_argument("--cvvae-subfolder", choices=CVVAE_SUBFOLDERS, default=DEFAULT_SUBFOLDER)
+    p.add_argument(
+        "--component",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=f"replace a model by a local folder or hub id ({', '.join(COMPONENT_KEYS)}); repeatable",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv=None) -> int:
+    from cvvae.cli import run_command
     from cvvae.loading import RANDOM_WEIGHTS_NOTICE
+    from cvvae.pipelines.presets import parse_components
 
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         if args.preset == "tiny":
             print(f"note: {RANDOM_WEIGHTS_NOTICE}")
         summary = run_batch(
@@ -190,14 +199,13 @@ def main(argv=None) -> int:
             progress=not args.quiet,
             cpu_offload=args.cpu_offload,
             cvvae_subfolder=args.cvvae_subfolder,
-            components=dict(args.component),
+            components=parse_components(args.component),
         )
-    except UserError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    if summary["failed_unexpectedly"]:
-        return 1
-    return 2 if summary["failed"] else 0
+        if summary["failed_unexpectedly"]:
+            return 1
+        return 2 if summary["failed"] else 0
+
+    return run_command(run)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ import gradio as gr
 
 from cvvae import video_frames
 from cvvae.errors import InputError, UserError
+from cvvae.hub import CVVAE_HUB_ID, DEFAULT_SUBFOLDER, model_label
 from cvvae.loading import RANDOM_WEIGHTS_NOTICE
+from cvvae.tiling import tiling_changes
 
 NANO_NOTICE = (
-    "reconstructed by 'nano', a toy CV-VAE trained on two clips (blurry by design); "
-    "real weights: python -m app --cvvae AILab-CVC/CV-VAE"
+    "reconstructed by 'nano', a small CV-VAE trained on a few clips on a CPU (blurry by design); "
+    f"real weights: python -m app --cvvae {CVVAE_HUB_ID}"
 )
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,6 @@ SHORT_SIDES = ("original", "576", "480", "360", "256", "128")
 MAX_SEED = 2**31 - 1
 # frames x height x width a CPU may take in one job before the demo refuses (about 17 x 512 x 512).
 CPU_PIXEL_BUDGET = 17 * 512 * 512
-CVVAE_HUB = ("AILab-CVC/CV-VAE", "vae3d_v1-1")
 
 
 @dataclass
@@ -144,7 +145,6 @@ class Handlers:
         # Gradio runs one GPU event at a time; this lock also covers a cancelled job still finishing.
         self.gpu_lock = threading.Lock()
         self._vae = None
-        self._vae_tiling = None
         self._vae_lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}  # session -> "cancel my running job"
 
@@ -262,8 +262,6 @@ class Handlers:
         """Image -> video with SVD in CV-VAE latents. Returns (video path, [mp4, json], info markdown)."""
         if not image:
             raise gr.Error("upload an image first (PNG, JPEG or WebP), or pick one of the examples")
-        if float(min_guidance) > float(max_guidance):
-            raise gr.Error(f"min guidance ({min_guidance}) must not exceed max guidance ({max_guidance})")
         height, width = parse_resolution(resolution)
         kwargs = dict(
             mode="i2v",
@@ -279,7 +277,7 @@ class Handlers:
             width=width,
             noise_aug_strength=float(noise_aug_strength),
             adapter=self.adapter_path(adapter),
-            **tiling_kwargs(tiling),
+            decode_tiling=str(tiling or "default"),
         )
         video, files, meta = self._generate(kwargs, "i2v", progress, request)
         return video, files, self.info_text(meta)
@@ -315,7 +313,7 @@ class Handlers:
             num_latent_frames=int(num_latent_frames),
             height=height,
             width=width,
-            **tiling_kwargs(tiling),
+            decode_tiling=str(tiling or "default"),
         )
         video, files, meta = self._generate(kwargs, "t2v", progress, request)
         return video, files, self.info_text(meta)
@@ -330,7 +328,6 @@ class Handlers:
                 name, subfolder = self._vae_source()
                 with user_errors("loading CV-VAE"):
                     self._vae = load_vae(name, subfolder=subfolder, device=self.config.device)
-                self._vae_tiling = self._vae.tiling  # the model's own tiling ("default" in the UI)
             return self._vae
 
     def reconstruct(self, video, max_frames, short_side, tiling, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
@@ -346,11 +343,11 @@ class Handlers:
             size = scaled_size(info.height, info.width, short_side)
             h, w = size or (info.height, info.width)
             self.check_budget(frames, h, w)
+            changes = tiling_changes(tiling)
             progress(0, desc="loading CV-VAE (once)")
             vae = self.vae()
             out = self.output_path("reconstruct")
             with self.gpu_lock:
-                _set_tiling(vae, tiling, self._vae_tiling)
                 res = reconstruct_file(
                     video,
                     out,
@@ -358,7 +355,8 @@ class Handlers:
                     num_frames=frames,
                     size=size,
                     side_by_side=True,
-                    model_id="/".join(filter(None, self._vae_source())),
+                    model_id=model_label(*self._vae_source()),
+                    tiling=changes,
                 )
         files = [str(p) for p in _result_paths(res, out)]
         text = self.info_text(metrics_summary(res), "left: input, right: CV-VAE reconstruction", vae_only=True)
@@ -373,7 +371,7 @@ class Handlers:
         name = self.config.cvvae or self.config.components.get("cvvae")
         if name:
             return name, None
-        return ("nano", None) if self.config.random_weights else CVVAE_HUB
+        return ("nano", None) if self.config.random_weights else (CVVAE_HUB_ID, DEFAULT_SUBFOLDER)
 
     # ---- comparison -----------------------------------------------------------------------------
     def compare(
@@ -414,29 +412,6 @@ class Handlers:
             rows.append((label, meta, f))
         videos += [None] * (3 - len(videos))
         return (*videos, flicker_table(rows, self.config.random_weights), files)
-
-
-def tiling_kwargs(tiling) -> dict:
-    """UI tiling choice ("default", "16", "8/256") -> GenerationSettings fields (None = the model's default)."""
-    if not tiling or tiling in ("default", "off"):
-        return dict(decode_frames_per_window=None, decode_tile_size=None)
-    frames, _, tile = str(tiling).partition("/")
-    return dict(decode_frames_per_window=int(frames), decode_tile_size=int(tile) if tile else None)
-
-
-def _set_tiling(vae, tiling, default) -> None:
-    """Reconstruct tab: "off", "default" (the model's own settings ``default``) or a window/tile choice."""
-    vae.tiling = default
-    if tiling == "off":
-        vae.disable_tiling()
-        return
-    kw = tiling_kwargs(tiling)
-    if kw["decode_frames_per_window"] is not None:
-        names = ("frames_per_window", "tile_size", "overlap", "norm")
-        args = {k: getattr(default, k) for k in names}
-        args["frames_per_window"] = kw["decode_frames_per_window"]
-        args["tile_size"] = kw["decode_tile_size"] or args["tile_size"]
-        vae.enable_tiling(**args)
 
 
 def scaled_size(height: int, width: int, short_side) -> tuple[int, int] | None:

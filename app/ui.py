@@ -7,6 +7,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from cvvae.pipelines.defaults import LIMITS
+from cvvae.pipelines.settings import GenerationSettings
+
 from .handlers import ADAPTER_NONE, DEFAULT_SIZE, RESOLUTIONS, SHORT_SIDES, Handlers, frames_label, random_seed
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -14,13 +17,15 @@ EXAMPLES = ASSETS / "examples"
 GPU_QUEUE = "gpu"  # one concurrency id shared by every event that runs a model
 QUEUE_SIZE = 8  # jobs waiting at most; more get "queue is full"
 MAX_UPLOAD = "200mb"
-TILING = [
+TILING = [  # labels of the choices cvvae.tiling.tiling_changes understands (TILING_SPECS)
     ("model default", "default"),
+    ("off (fastest, most memory)", "off"),
     ("16 frames per window", "16"),
     ("8 frames per window", "8"),
     ("8 frames, 256 px tiles (least memory)", "8/256"),
 ]
 T2V_BACKBONES = [("AnimateDiff", "animatediff"), ("SD 2.1 image -> SVD video", "sd21")]
+SETTING_DEFAULTS = GenerationSettings()  # motion bucket, guidance, noise augmentation
 INTRO = (
     "# CV-VAE video generation\n"
     "Stable Video Diffusion and Stable Diffusion backbones generating in the latent space of **CV-VAE**, "
@@ -33,16 +38,16 @@ INTRO = (
 class UIDefaults:
     """Initial control values: the preset's defaults for image->video and text->video."""
 
-    steps: int = 25
-    num_latent_frames: int = 25
-    fps: float = 28.0
-    size: str = "1024x576"  # what "preset default" means, shown in the resolution menu
-    t2v_num_latent_frames: int = 16
-    t2v_fps: float = 32.0
-    t2v_size: str = "512x512"
-    max_latent_frames: int = 32
-    reconstruct_frames: int = 33
-    reconstruct_short_side: str = "256"
+    steps: int
+    num_latent_frames: int
+    fps: float
+    size: str  # what "preset default" means, shown in the resolution menu
+    t2v_backbone: str
+    t2v_num_latent_frames: int
+    t2v_fps: float
+    t2v_size: str
+    reconstruct_frames: int
+    reconstruct_short_side: str
 
     def resolutions(self, size: str) -> list[tuple[str, str]]:
         return [(f"preset default ({size})" if r == DEFAULT_SIZE else r, r) for r in RESOLUTIONS]
@@ -59,6 +64,7 @@ def preset_defaults(preset: str) -> UIDefaults:
         num_latent_frames=svd.num_latent_frames,
         fps=svd.fps,
         size=f"{svd.width}x{svd.height}",
+        t2v_backbone=p.t2v_backbone,
         t2v_num_latent_frames=t2v.num_latent_frames,
         t2v_fps=t2v.fps,
         t2v_size=f"{t2v.width}x{t2v.height}",
@@ -97,11 +103,21 @@ def _examples(*suffixes: str) -> list[list[str]]:
     return [[str(p)] for p in sorted(EXAMPLES.glob("*")) if p.suffix.lower() in suffixes]
 
 
-def _frames_controls(num_latent_frames: int, fps_value: float, max_latent_frames: int):
+def slider(name: str, value, label: str, **kwargs) -> gr.Slider:
+    """A slider over the range the settings accept (``cvvae.pipelines.defaults.LIMITS``)."""
+    r = LIMITS[name]
+    return gr.Slider(r.low, r.high, value=value, step=r.step, label=label, **kwargs)
+
+
+def _latent_frames_slider(value: int) -> gr.Slider:
+    return slider("num_latent_frames", value, "Latent frames")
+
+
+def _frames_controls(num_latent_frames: int, fps_value: float):
     """Latent frames + fps with a live label of the resulting frame count and duration."""
     with gr.Row():
-        n = gr.Slider(2, max_latent_frames, value=num_latent_frames, step=1, label="Latent frames")
-        fps = gr.Slider(1, 60, value=fps_value, step=1, label="Output fps")
+        n = _latent_frames_slider(num_latent_frames)
+        fps = slider("fps", fps_value, "Output fps")
     label = gr.Markdown(frames_label(num_latent_frames, fps_value))
     for c in (n, fps):
         c.change(frames_label, [n, fps], label, queue=False, show_progress="hidden", api_visibility="private")
@@ -153,14 +169,20 @@ def _i2v_tab(h: Handlers, d: UIDefaults):
             image = image_input(label="Input image", elem_id="i2v-image")
             gr.Examples(_examples(".jpg", ".png", ".webp"), [image], label="Examples")
             seed = _seed_control()
-            steps = gr.Slider(1, 100, value=d.steps, step=1, label="Denoising steps")
-            n, fps = _frames_controls(d.num_latent_frames, d.fps, d.max_latent_frames)
+            steps = slider("steps", d.steps, "Denoising steps")
+            n, fps = _frames_controls(d.num_latent_frames, d.fps)
             with gr.Accordion("More settings", open=False):
                 with gr.Row():
-                    min_g = gr.Slider(0, 10, value=1.0, step=0.1, label="Min guidance (first frame)")
-                    max_g = gr.Slider(0, 10, value=3.0, step=0.1, label="Max guidance (last frame)")
-                motion = gr.Slider(1, 255, value=127, step=1, label="Motion bucket id (more = more motion)")
-                noise = gr.Slider(0, 1, value=0.02, step=0.01, label="Noise augmentation of the conditioning image")
+                    min_g = slider("min_guidance", SETTING_DEFAULTS.min_guidance, "Min guidance (first frame)")
+                    max_g = slider("max_guidance", SETTING_DEFAULTS.max_guidance, "Max guidance (last frame)")
+                motion = slider(
+                    "motion_bucket_id", SETTING_DEFAULTS.motion_bucket_id, "Motion bucket id (more = more motion)"
+                )
+                noise = slider(
+                    "noise_aug_strength",
+                    SETTING_DEFAULTS.noise_aug_strength,
+                    "Noise augmentation of the conditioning image",
+                )
                 res = gr.Dropdown(d.resolutions(d.size), value=DEFAULT_SIZE, label="Resolution (width x height)")
                 tiling = gr.Dropdown(TILING, value="default", label="Decode tiling (less memory)")
                 adapter = _adapter_control(h)
@@ -176,12 +198,12 @@ def _t2v_tab(h: Handlers, d: UIDefaults):
         with gr.Column():
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red fox running through snow, cinematic")
             negative = gr.Textbox(label="Negative prompt", value="blurry, low quality, watermark")
-            backbone = gr.Radio(T2V_BACKBONES, value="animatediff", label="Backbone")
+            backbone = gr.Radio(T2V_BACKBONES, value=d.t2v_backbone, label="Backbone")
             seed = _seed_control()
-            steps = gr.Slider(1, 100, value=d.steps, step=1, label="Denoising steps")
-            n, fps = _frames_controls(d.t2v_num_latent_frames, d.t2v_fps, d.max_latent_frames)
+            steps = slider("steps", d.steps, "Denoising steps")
+            n, fps = _frames_controls(d.t2v_num_latent_frames, d.t2v_fps)
             with gr.Accordion("More settings", open=False):
-                guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance scale")
+                guidance = slider("guidance", SETTING_DEFAULTS.guidance, "Guidance scale")
                 res = gr.Dropdown(d.resolutions(d.t2v_size), value=DEFAULT_SIZE, label="Resolution (width x height)")
                 tiling = gr.Dropdown(TILING, value="default", label="Decode tiling (less memory)")
             run, stop = _run_buttons("t2v")
@@ -200,8 +222,7 @@ def _reconstruct_tab(h: Handlers, d: UIDefaults):
                 1, 257, value=d.reconstruct_frames, step=1, label="Frames to reconstruct (from the start)"
             )
             short = gr.Dropdown(SHORT_SIDES, value=d.reconstruct_short_side, label="Resize: short side in pixels")
-            choices = [("off (most memory)", "off"), *TILING]
-            tiling = gr.Dropdown(choices, value="default", label="Tiling (less memory)")
+            tiling = gr.Dropdown(TILING, value="default", label="Tiling (less memory)")
             run, stop = _run_buttons("reconstruct")
         with gr.Column():
             outs = _outputs("reconstruct")
@@ -218,8 +239,8 @@ def _compare_tab(h: Handlers, d: UIDefaults):
             image = image_input(label="Input image", elem_id="compare-image")
             gr.Examples(_examples(".jpg", ".png", ".webp"), [image], label="Examples")
             seed = _seed_control()
-            steps = gr.Slider(1, 100, value=d.steps, step=1, label="Denoising steps")
-            n = gr.Slider(1, d.max_latent_frames, value=d.num_latent_frames, step=1, label="Latent frames")
+            steps = slider("steps", d.steps, "Denoising steps")
+            n = _latent_frames_slider(d.num_latent_frames)
             res = gr.Dropdown(d.resolutions(d.size), value=DEFAULT_SIZE, label="Resolution (width x height)")
             adapter = _adapter_control(h)
             run, stop = _run_buttons("compare")

@@ -187,7 +187,7 @@ def synthetic_batch(latents: int, height: int, width: int, embed_dim: int, devic
     batch = dict(
         latents_mean=torch.randn(1, 4, latents, h, w, generator=g),
         latents_logvar=torch.full((1, 4, latents, h, w), -6.0),
-        cond_latent=torch.randn(1, 4, h, w, generator=g),
+        cond_pixels=torch.randint(0, 256, (1, 3, height, width), generator=g, dtype=torch.uint8),
         image_embeds=torch.randn(1, 1, embed_dim, generator=g),
         fps=torch.tensor([28.0]),
     )
@@ -195,7 +195,7 @@ def synthetic_batch(latents: int, height: int, width: int, embed_dim: int, devic
 
 
 def bench_finetune(args) -> list[dict]:
-    from finetune.config import TrainConfig
+    from finetune.config import AdapterTrainConfig
 
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     sizes = [(64, 64)] if args.small else [tuple(s) for s in args.sizes]
@@ -206,7 +206,7 @@ def bench_finetune(args) -> list[dict]:
                 row = dict(task="finetune", mode=mode, checkpointing=checkpointing, latents=args.latents[0])
                 row.update(height=height, width=width)
                 try:
-                    row.update(time_steps(args, mode, checkpointing, height, width, TrainConfig(), dtype))
+                    row.update(time_steps(args, mode, checkpointing, height, width, AdapterTrainConfig(), dtype))
                 except torch.OutOfMemoryError:
                     row.update(error="out of memory")
                     torch.cuda.empty_cache()
@@ -216,12 +216,22 @@ def bench_finetune(args) -> list[dict]:
 
 
 def time_steps(args, mode, checkpointing, height, width, cfg, dtype) -> dict:
-    """A fresh UNet with ``mode`` applied; seconds per optimizer step (median after a warm-up) and peak memory."""
+    """A fresh UNet with ``mode`` applied; seconds per optimizer step (median after a warm-up) and peak memory.
+
+    Each step includes the CV-VAE encode of the noise-augmented conditioning frame, as in training.
+    """
+    from cvvae import CVVAEModel
+    from cvvae.latents import LatentScaling
+    from cvvae.loading import build_tiny_vae
     from finetune.config import LoraSettings
     from finetune.models import setup_trainable, trainable_parameters
     from finetune.objective import edm_loss
 
     unet = build_unet(args.small, args.device, dtype)
+    with torch.device(args.device):
+        vae = build_tiny_vae() if args.small else CVVAEModel()
+    vae = vae.to(device=args.device, dtype=dtype).eval().requires_grad_(False)
+    scaling = LatentScaling.of(vae)
     setup_trainable(unet, mode, LoraSettings())
     if checkpointing:
         unet.enable_gradient_checkpointing()
@@ -235,7 +245,7 @@ def time_steps(args, mode, checkpointing, height, width, cfg, dtype) -> dict:
         sync(args.device)
         start = time.perf_counter()
         with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
-            loss = edm_loss(unet, batch, cfg, torch.Generator().manual_seed(i))
+            loss = edm_loss(unet, vae, batch, cfg, scaling, torch.Generator().manual_seed(i))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -244,7 +254,7 @@ def time_steps(args, mode, checkpointing, height, width, cfg, dtype) -> dict:
             times.append(time.perf_counter() - start)
     out = dict(trainable=sum(p.numel() for p in params), s_per_step=statistics.median(times))
     out.update(peak_gib=peak_gib(args.device), loss=loss.item())
-    del unet, optimizer, params
+    del unet, vae, optimizer, params
     if args.device == "cuda":
         torch.cuda.empty_cache()
     return out

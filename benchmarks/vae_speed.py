@@ -2,7 +2,7 @@
 depend on their values).
 
     python -m benchmarks.vae_speed --out benchmarks/results            # CUDA, full table
-    python -m benchmarks.vae_speed --device cpu --small --repeats 1    # smoke test anywhere
+    python -m benchmarks.vae_speed --device cpu --small --repeats 1    # smoke test anywhere (seconds, fp32)
 
 For each case (work, precision, tiling) it reports the median of ``--repeats`` synchronised runs
 after a warm-up, frames per second, peak memory, FLOPs (torch FlopCounterMode, counted once) and
@@ -125,10 +125,12 @@ def errors(fast: torch.Tensor, ref: torch.Tensor) -> dict:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp16"], choices=list(DTYPES))
+    parser.add_argument(
+        "--dtypes", nargs="+", default=None, choices=list(DTYPES), help="default: bf16 fp16 on CUDA, fp32 on a CPU"
+    )
     parser.add_argument("--tiling", nargs="+", default=["default", "off"], choices=["default", "off", "tile-norm"])
     parser.add_argument(
         "--variants",
@@ -141,7 +143,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 error measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.dtypes = args.dtypes or (["bf16", "fp16"] if args.device == "cuda" else ["fp32"])
     diffusers_logging.set_verbosity_error()  # no dtype-cast notices between rows
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -7,6 +7,7 @@ are loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -18,9 +19,10 @@ import torch
 
 from . import metrics
 from . import video as vio
+from .devices import dtype_name
 from .errors import InputError
-from .model import CVVAEModel
-from .outputs import atomic_path, sidecar_path, write_sidecar
+from .model import CVVAEModel, TilingLike
+from .outputs import atomic_path, check_output_path, sidecar_path
 
 LATENTS_KEY = "latents"
 LATENTS_FORMAT = "cvvae-latents-v1"
@@ -36,39 +38,15 @@ def _place(vae: CVVAEModel) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype
 
 
-def _check_output(out_path: str | os.PathLike, suffix: str, *inputs: str | os.PathLike) -> Path:
-    out = Path(out_path)
-    if out.suffix.lower() != suffix:
-        raise InputError(f"the output {out} must end in {suffix}")
-    if out.is_dir():
-        raise InputError(f"the output {out} is a folder; give a file name ending in {suffix}")
-    folder = next(p for p in out.absolute().parents if p.exists())  # nearest existing ancestor
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise InputError(f"cannot write {out}: {folder} is not a writable folder")
-    for src in inputs:
-        if Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
-            raise InputError(f"the output {out} is the input file; choose another name")
-    return out
-
-
 @torch.inference_mode()
-def reconstruct(vae: CVVAEModel, frames: np.ndarray, sample: bool = False, generator=None) -> np.ndarray:
+def reconstruct(
+    vae: CVVAEModel, frames: np.ndarray, sample: bool = False, generator=None, tiling: TilingLike = None
+) -> np.ndarray:
     """Encode and decode uint8 ``[T, H, W, 3]`` frames; returns the same shape (any T, H, W)."""
     device, dtype = _place(vae)
     x = vio.frames_to_tensor(frames, device=device, dtype=dtype)  # [1, 3, T, H, W]
-    out = vae(x, sample_posterior=sample, generator=generator).sample  # trimmed to T, H, W
+    out = vae(x, sample_posterior=sample, generator=generator, tiling=tiling).sample  # trimmed to T, H, W
     return vio.tensor_to_frames(out)
-
-
-def _write_video_and_sidecar(out: Path, frames: np.ndarray, fps: float, meta: dict) -> dict:
-    """Write the mp4 and its sidecar; remove the mp4 again if the sidecar cannot be written."""
-    vio.write_video(out, frames, fps)
-    try:
-        side = write_sidecar(out, meta)
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
-    return {"video": str(out), "sidecar": str(side)}
 
 
 def reconstruct_file(
@@ -85,18 +63,20 @@ def reconstruct_file(
     sample: bool = False,
     seed: int = 0,
     model_id: str = "unknown",
+    tiling: TilingLike = None,
 ) -> dict:
     """Reconstruct a video file into an H.264 mp4 (+ JSON sidecar), both written atomically.
 
     Returns frames, height, width, fps, psnr, ssim, flicker (of the reconstruction and the input),
     seconds (encode + decode time) and the paths written. ``side_by_side`` writes input | output.
+    ``tiling`` overrides the model's tiling for this call (settings or a dict of changes).
     """
-    out = _check_output(out_path, ".mp4", in_path)
+    out = check_output_path(out_path, ".mp4", in_path)
     frames, fps = vio.read_video(in_path, start, num_frames, stride, size, resize)
     vae = _resolve(vae)
     generator = torch.Generator(device=_place(vae)[0]).manual_seed(seed) if sample else None
     t0 = time.perf_counter()
-    rec = reconstruct(vae, frames, sample=sample, generator=generator)
+    rec = reconstruct(vae, frames, sample=sample, generator=generator, tiling=tiling)
     seconds = time.perf_counter() - t0
     result = {
         "frames": int(len(rec)),
@@ -117,18 +97,13 @@ def reconstruct_file(
         "sample_posterior": sample,
         "seed": seed if sample else None,
         "side_by_side": side_by_side,
-        "tiling": _tiling_meta(vae),
-        "dtype": str(_place(vae)[1]).replace("torch.", ""),
+        "tiling": dataclasses.asdict(vae._tiling(tiling)),
+        "dtype": dtype_name(_place(vae)[1]),
         **result,
     }
     written = rec if not side_by_side else vio.side_by_side(frames, rec)
-    result["paths"] = _write_video_and_sidecar(out, written, fps, meta)
+    result["paths"] = vio.write_video_and_sidecar(out, written, fps, meta)
     return result
-
-
-def _tiling_meta(vae: CVVAEModel) -> dict:
-    tiling = getattr(vae, "tiling", None)
-    return dict(vars(tiling)) if tiling is not None else {}
 
 
 @torch.inference_mode()
@@ -145,6 +120,7 @@ def encode_file(
     sample: bool = False,
     seed: int = 0,
     model_id: str = "unknown",
+    tiling: TilingLike = None,
 ) -> dict:
     """Encode a video file to raw latents ``[1, 4, n, h, w]`` in a ``.safetensors`` file.
 
@@ -153,12 +129,12 @@ def encode_file(
     """
     from safetensors.torch import save_file
 
-    out = _check_output(latents_path, ".safetensors", in_path)
+    out = check_output_path(latents_path, ".safetensors", in_path)
     frames, fps = vio.read_video(in_path, start, num_frames, stride, size, resize)
     vae = _resolve(vae)
     device, dtype = _place(vae)
     t0 = time.perf_counter()
-    posterior = vae.encode(vio.frames_to_tensor(frames, device=device, dtype=dtype)).latent_dist
+    posterior = vae.encode(vio.frames_to_tensor(frames, device=device, dtype=dtype), tiling=tiling).latent_dist
     generator = torch.Generator(device=device).manual_seed(seed) if sample else None
     z = (posterior.sample(generator) if sample else posterior.mode()).float().cpu().contiguous()
     seconds = time.perf_counter() - t0
@@ -219,16 +195,23 @@ def load_latents(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
 
 
 @torch.inference_mode()
-def decode_file(latents_path: str | os.PathLike, out_path: str | os.PathLike, vae: VaeLike, *, model_id="unknown"):
+def decode_file(
+    latents_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    vae: VaeLike,
+    *,
+    model_id: str = "unknown",
+    tiling: TilingLike = None,
+) -> dict:
     """Decode latents from ``encode_file`` to an mp4 (+ sidecar), trimmed to the original frames and size."""
-    out = _check_output(out_path, ".mp4", latents_path)
+    out = check_output_path(out_path, ".mp4", latents_path)
     z, meta = load_latents(latents_path)
     vae = _resolve(vae)
     if z.shape[1] != vae.config.z_channels:
         raise InputError(f"latents have {z.shape[1]} channels but the model expects {vae.config.z_channels}")
     device, dtype = _place(vae)
     t0 = time.perf_counter()
-    x = vae.decode(z.to(device=device, dtype=dtype)).sample  # [1, 3, 1 + 4 (n - 1), 8h, 8w]
+    x = vae.decode(z.to(device=device, dtype=dtype), tiling=tiling).sample  # [1, 3, 1 + 4 (n - 1), 8h, 8w]
     t, h, w = meta["frames"] or x.shape[2], meta["height"] or x.shape[3], meta["width"] or x.shape[4]
     frames = vio.tensor_to_frames(x[:, :, :t, :h, :w])
     seconds = time.perf_counter() - t0
@@ -242,7 +225,7 @@ def decode_file(latents_path: str | os.PathLike, out_path: str | os.PathLike, va
     if meta["model"] and meta["model"] != model_id:
         result["warning"] = f"latents were encoded with {meta['model']} but decoded with {model_id}"
     side = {"task": "decode", "latents": str(latents_path), "model": model_id, "encoded_with": meta["model"], **result}
-    result["paths"] = _write_video_and_sidecar(out, frames, meta["fps"], side)
+    result["paths"] = vio.write_video_and_sidecar(out, frames, meta["fps"], side)
     return result
 
 

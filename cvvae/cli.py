@@ -1,4 +1,5 @@
-"""`python -m cvvae reconstruct|encode|decode|generate`: thin argparse over ``cvvae.api``.
+"""``python -m cvvae reconstruct|encode|decode|generate``: thin argparse over ``cvvae.api`` and
+``cvvae.pipelines.api``.
 
 Exit codes: 0 done; 2 bad input or arguments (one ``error:`` line on stderr, no output file);
 1 unexpected failure (with a traceback).
@@ -7,19 +8,13 @@ Exit codes: 0 done; 2 bad input or arguments (one ``error:`` line on stderr, no 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
 import traceback
 import warnings
 from collections.abc import Sequence
 
 from .errors import InputError, UserError
-
-DEFAULT_MODEL = "AILab-CVC/CV-VAE"
-DEFAULT_SUBFOLDER = "vae3d_v1-1"  # used when --model is DEFAULT_MODEL and no --subfolder is given
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
+from .hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, DEFAULT_SUBFOLDER, default_subfolder, model_label
 
 # ----------------------------------------------------------------------------- options
 
@@ -38,13 +33,17 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
+        default=CVVAE_HUB_ID,
         help=f"hub id, local folder, 'tiny' (random weights, for trying the mechanics) or 'nano' "
-        f"(default: {DEFAULT_MODEL} with subfolder {DEFAULT_SUBFOLDER})",
+        f"(default: {CVVAE_HUB_ID} with subfolder {DEFAULT_SUBFOLDER})",
     )
-    g.add_argument("--subfolder", default=None, help="subfolder of the hub repo or folder (e.g. vae3d, vae3d_v1-1)")
+    g.add_argument(
+        "--subfolder", default=None, help=f"subfolder of the hub repo or folder ({', '.join(CVVAE_SUBFOLDERS)})"
+    )
     g.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available, else cpu)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp16 on cuda, fp32 on cpu")
+    g.add_argument(
+        "--dtype", choices=("fp32", "fp16", "bf16"), default=None, help="default: fp16 on cuda, fp32 on cpu"
+    )
     g.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -110,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=run_decode)
 
-    if importlib.util.find_spec("cvvae.pipelines.cli") is not None:
-        importlib.import_module("cvvae.pipelines.cli").add_parser(sub)
+    _add_generate_parser(sub)
     return parser
 
 
@@ -122,30 +120,17 @@ def _model_loader(args: argparse.Namespace):
     """A callable loading the model (called by ``cvvae.api`` after the input was read)."""
 
     def load():
-        import torch
-
+        from .devices import resolve_device, resolve_dtype
         from .loading import RANDOM_WEIGHTS_NOTICE, load_vae
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype_name = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
-        subfolder = args.subfolder or (DEFAULT_SUBFOLDER if args.model == DEFAULT_MODEL else None)
-        try:
-            torch_device = torch.device(device)
-        except RuntimeError as err:
-            raise InputError(f"unknown device {device!r} ({err})") from err
-        if torch_device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for but CUDA is not available here; use --device cpu")
+        device = resolve_device(args.device)
         vae = load_vae(
             args.model,
-            subfolder=subfolder,
-            device=torch_device,
-            dtype=None if dtype_name == "fp32" else getattr(torch, DTYPES[dtype_name]),
+            subfolder=args.subfolder,
+            device=device,
+            dtype=resolve_dtype(args.dtype, device),
             allow_pickle=args.allow_pickle,
         )
-        wanted = getattr(torch, DTYPES[dtype_name])
-        if next(vae.parameters()).dtype != wanted:
-            vae = vae.to(dtype=wanted)
-        _apply_tiling(vae, args)
         if args.model == "tiny":
             print(f"note: {RANDOM_WEIGHTS_NOTICE}", file=sys.stderr)
         return vae
@@ -153,29 +138,21 @@ def _model_loader(args: argparse.Namespace):
     return load
 
 
-def _apply_tiling(vae, args: argparse.Namespace) -> None:
+def tiling_from_args(args: argparse.Namespace) -> dict:
+    """The tiling options as changes to the model's own settings (validated now, before any work)."""
+    from .tiling import TilingSettings
+
     if args.no_tiling:
-        vae.disable_tiling()
-        return
-    options = (args.frames_per_window, args.tile_size, args.tile_overlap, args.tile_norm)
-    if all(v is None for v in options):
-        return
-    cur = vae.tiling
+        return {"enabled": False}
+    names = {"frames_per_window": "frames_per_window", "tile_size": "tile_size", "overlap": "tile_overlap"}
+    changes = {key: getattr(args, arg) for key, arg in names.items() if getattr(args, arg) is not None}
+    if args.tile_norm is not None:
+        changes["norm"] = args.tile_norm
     try:
-        vae.enable_tiling(
-            frames_per_window=args.frames_per_window or cur.frames_per_window,
-            tile_size=args.tile_size or cur.tile_size,
-            overlap=cur.overlap if args.tile_overlap is None else args.tile_overlap,
-            temporal_overlap=None if args.frames_per_window else cur.temporal_overlap,
-            norm=args.tile_norm or cur.norm,
-        )
-    except ValueError as err:
+        TilingSettings().replace(**changes)
+    except InputError as err:
         raise InputError(f"invalid tiling option: {err}") from err
-
-
-def _model_id(args: argparse.Namespace) -> str:
-    subfolder = args.subfolder or (DEFAULT_SUBFOLDER if args.model == DEFAULT_MODEL else None)
-    return args.model + (f"/{subfolder}" if subfolder else "")
+    return changes
 
 
 def _selection(args: argparse.Namespace) -> dict:
@@ -193,6 +170,12 @@ def _selection(args: argparse.Namespace) -> dict:
     )
 
 
+def _model_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        model_id=model_label(args.model, default_subfolder(args.model, args.subfolder)), tiling=tiling_from_args(args)
+    )
+
+
 # ----------------------------------------------------------------------------- commands
 
 
@@ -205,13 +188,9 @@ def _print_result(result: dict) -> None:
 def run_reconstruct(args: argparse.Namespace) -> int:
     from .api import reconstruct_file
 
+    kwargs = _model_kwargs(args)
     result = reconstruct_file(
-        args.input,
-        args.output,
-        _model_loader(args),
-        side_by_side=args.side_by_side,
-        model_id=_model_id(args),
-        **_selection(args),
+        args.input, args.output, _model_loader(args), side_by_side=args.side_by_side, **kwargs, **_selection(args)
     )
     _print_result(result)
     return 0
@@ -220,20 +199,134 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 def run_encode(args: argparse.Namespace) -> int:
     from .api import encode_file
 
-    _print_result(
-        encode_file(args.input, args.output, _model_loader(args), model_id=_model_id(args), **_selection(args))
-    )
+    kwargs = _model_kwargs(args)
+    _print_result(encode_file(args.input, args.output, _model_loader(args), **kwargs, **_selection(args)))
     return 0
 
 
 def run_decode(args: argparse.Namespace) -> int:
     from .api import decode_file
 
-    result = decode_file(args.input, args.output, _model_loader(args), model_id=_model_id(args))
+    result = decode_file(args.input, args.output, _model_loader(args), **_model_kwargs(args))
     if "warning" in result:
         print(f"warning: {result['warning']}", file=sys.stderr)
     _print_result(result)
     return 0
+
+
+# ----------------------------------------------------------------------------- generate
+
+DEFAULT_PRESET = {"i2v": "svd-xt", "t2v": "animatediff"}
+
+
+def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
+    from .pipelines.presets import COMPONENT_KEYS, PRESETS
+
+    p.add_argument(
+        "--out", required=True, help="output .mp4 (a .json sidecar with every setting is written next to it)"
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=DEFAULT_PRESET[mode],
+        help=f"models and defaults (default: {DEFAULT_PRESET[mode]}; 'tiny' = random weights, no download)",
+    )
+    p.add_argument("--num-latent-frames", type=int, default=None, help="n latents -> 1 + 4(n-1) frames")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (preset default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=float, default=None, help="output fps (SVD is conditioned on fps / 4 - 1)")
+    p.add_argument("--conditioning-fps", type=float, default=None, help="override the SVD UNet's fps id")
+    p.add_argument("--motion-bucket-id", type=int, default=None, help="SVD motion amount, 0-255 (127)")
+    p.add_argument("--noise-aug-strength", type=float, default=None, help="SVD conditioning-image noise (0.02)")
+    p.add_argument("--guidance", type=float, default=None, help="t2v: text guidance (7.5); i2v: = --max-guidance")
+    p.add_argument("--min-guidance", type=float, default=None, help="SVD guidance at the first frame (1.0)")
+    p.add_argument("--max-guidance", type=float, default=None, help="SVD guidance at the last frame (3.0)")
+    p.add_argument("--height", type=int, default=None, help="multiple of 64 (preset default)")
+    p.add_argument("--width", type=int, default=None, help="multiple of 64 (preset default)")
+    p.add_argument("--adapter", default=None, help="fine-tuned SVD UNet adapter folder (adapter.json + .safetensors)")
+    p.add_argument("--vae", choices=("cvvae", "native"), default="cvvae", help="native: the backbone's own VAE")
+    p.add_argument(
+        "--decode-tiling",
+        default="default",
+        metavar="CHOICE",
+        help="CV-VAE decode tiling: default (the model's), off, N (frames per window) or N/P (and P-pixel tiles)",
+    )
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until used (small GPUs)")
+    p.add_argument("--cvvae-subfolder", choices=CVVAE_SUBFOLDERS, default=DEFAULT_SUBFOLDER, help="CV-VAE release")
+    p.add_argument(
+        "--component",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=f"replace a model by a local folder or hub id ({', '.join(COMPONENT_KEYS)}); repeatable",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_generate, mode=mode)
+
+
+def _add_generate_parser(subparsers) -> None:
+    gen = subparsers.add_parser("generate", help="generate video in CV-VAE latent space (SVD, AnimateDiff, SD 2.1)")
+    sub = gen.add_subparsers(dest="generate_mode", required=True)
+    i2v = sub.add_parser("i2v", help="image -> video with SVD; n latents -> 1 + 4(n-1) frames")
+    i2v.add_argument("--image", required=True, help="conditioning image (scaled and centre-cropped to the size)")
+    _add_generate_options(i2v, "i2v")
+    t2v = sub.add_parser("t2v", help="text -> video with AnimateDiff, or SD 2.1 text -> image -> SVD")
+    t2v.add_argument("--prompt", required=True)
+    t2v.add_argument("--negative-prompt", default="")
+    t2v.add_argument(
+        "--t2v-backbone", choices=("animatediff", "sd21"), default=None, help="default: the preset's (animatediff)"
+    )
+    _add_generate_options(t2v, "t2v")
+
+
+def settings_from_args(args: argparse.Namespace):
+    """``GenerationSettings`` from the options given; what is not given keeps the settings' defaults."""
+    from .pipelines.settings import GenerationSettings
+
+    names = (
+        "num_latent_frames", "steps", "seed", "fps", "conditioning_fps", "motion_bucket_id", "noise_aug_strength",
+        "min_guidance", "max_guidance", "height", "width", "adapter", "vae", "decode_tiling",
+        "image", "prompt", "negative_prompt", "t2v_backbone",
+    )  # fmt: skip
+    given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if args.guidance is not None and args.mode == "t2v":
+        given["guidance"] = args.guidance
+    elif args.guidance is not None:
+        given.setdefault("max_guidance", args.guidance)  # i2v: SVD's guidance at the last frame
+    return GenerationSettings(mode=args.mode, **given)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .loading import RANDOM_WEIGHTS_NOTICE
+    from .outputs import check_output_path
+    from .pipelines.api import generate
+    from .pipelines.presets import parse_components
+
+    settings = settings_from_args(args).validate()  # fail on bad values before loading anything
+    check_output_path(args.out, ".mp4")
+    result = generate(
+        settings,
+        args.out,
+        preset=args.preset,
+        device=args.device,
+        cpu_offload=args.cpu_offload,
+        cvvae_subfolder=args.cvvae_subfolder,
+        components=parse_components(args.component),
+        progress=not args.quiet,
+    )
+    m = result.metadata
+    print(
+        f"wrote {result.video_path} ({result.frames} frames from {m['latent_frames']} latents, "
+        f"{m['width']}x{m['height']} at {result.fps:g} fps, {m['backbone']} + {m['settings']['vae']} VAE) "
+        f"and {result.sidecar_path} in {result.seconds:.1f} s"
+    )
+    if args.preset == "tiny":
+        print(f"note: {RANDOM_WEIGHTS_NOTICE}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,8 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # huggingface_hub deprecation noise from inside diffusers' loader: not actionable for a user
     warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+    return run_command(lambda: args.func(args))
+
+
+def run_command(fn) -> int:
+    """Run ``fn`` with the exit-code contract of every command line here: 0, 2 with one ``error:`` line, 1."""
     try:
-        return int(args.func(args) or 0)
+        return int(fn() or 0)
     except UserError as err:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"error: {message}", file=sys.stderr)

@@ -12,6 +12,8 @@ padded clip, and ``forward`` trims the reconstruction back to the input's frames
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -19,13 +21,15 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch.nn import functional as F
 
 from .errors import InputError, ModelLoadError
+from .hub import PICKLE_SUFFIXES, check_local_weights, hub_error
 from .networks import Decoder, Encoder
 from .tiling import TilingSettings, tiled_decode, tiled_encode
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+TilingLike = TilingSettings | dict | None
 
 
 class CVVAEPosterior(DiagonalGaussianDistribution):
@@ -127,20 +131,36 @@ class CVVAEModel(ModelMixin, ConfigMixin):
 
     # ----------------------------------------------------------------------------- tiling
 
-    def enable_tiling(
-        self,
-        frames_per_window: int | None = 16,
-        tile_size: int | None = 576,
-        overlap: float = 0.2222,
-        temporal_overlap: int | None = None,
-        norm: str = "pooled",
-    ) -> None:
-        """Process long/large clips in overlapping windows and tiles (see ``cvvae.tiling``)."""
-        self.tiling = TilingSettings(frames_per_window, tile_size, overlap, temporal_overlap, norm)
+    def enable_tiling(self, **changes) -> None:
+        """Process long/large clips in overlapping windows and tiles (see ``cvvae.tiling``).
+
+        Settings not named keep their value (``frames_per_window``, ``tile_size``, ``overlap``,
+        ``temporal_overlap``, ``norm``); the defaults come from ``config.json``.
+        """
+        self.tiling = self.tiling.replace(enabled=True, **changes)
 
     def disable_tiling(self) -> None:
-        """Process every clip whole (fastest; memory grows with frames and size)."""
-        self.tiling = TilingSettings(None, None, self.tiling.overlap, 1, self.tiling.norm)
+        """Process every clip whole (fastest; memory grows with frames and size); settings are kept."""
+        self.tiling = self.tiling.replace(enabled=False)
+
+    @contextlib.contextmanager
+    def tiling_override(self, **changes) -> Iterator[TilingSettings]:
+        """Change tiling inside a ``with`` block only (``enabled=False`` for whole clips).
+
+        For concurrent callers sharing one model, pass ``tiling=`` to ``encode``/``decode`` instead.
+        """
+        saved = self.tiling
+        self.tiling = saved.replace(**changes)
+        try:
+            yield self.tiling
+        finally:
+            self.tiling = saved
+
+    def _tiling(self, tiling: TilingLike) -> TilingSettings:
+        """The settings of one call: the model's, a ``TilingSettings``, or changes to the model's."""
+        if tiling is None:
+            return self.tiling
+        return tiling if isinstance(tiling, TilingSettings) else self.tiling.replace(**tiling)
 
     # ----------------------------------------------------------------------------- shapes
 
@@ -177,23 +197,39 @@ class CVVAEModel(ModelMixin, ConfigMixin):
 
     # ----------------------------------------------------------------------------- encode / decode
 
-    def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple[CVVAEPosterior]:
+    def _moments(self, x: torch.Tensor, tiling: TilingLike) -> torch.Tensor:
+        """Padded video ``[B, 3, T, H, W]`` -> moments ``[B, 2 z, 1 + (T - 1) // 4, H / 8, W / 8]``."""
+        moments_channels = self.config.z_channels * (2 if self.config.double_z else 1)
+        return tiled_encode(self.encoder, self._pad(x), self._tiling(tiling), moments_channels)
+
+    def _posterior(self, moments: torch.Tensor) -> CVVAEPosterior:
+        """Mean | logvar moments; without ``double_z`` the encoder gives only the mean (deterministic)."""
+        if self.config.double_z:
+            return CVVAEPosterior(moments)
+        return CVVAEPosterior(torch.cat([moments, torch.zeros_like(moments)], dim=1), deterministic=True)
+
+    @apply_forward_hook
+    def encode(
+        self, x: torch.Tensor, return_dict: bool = True, tiling: TilingLike = None
+    ) -> AutoencoderKLOutput | tuple[CVVAEPosterior]:
         """Encode a video ``[B, 3, T, H, W]`` (or images ``[B, 3, H, W]``) in [-1, 1].
 
         Returns the posterior over raw latents ``[B, 4, 1 + (T' - 1) // 4, H' / 8, W' / 8]`` where
-        ``T'``, ``H'``, ``W'`` are the input's sizes padded to ``1 + 4k`` and multiples of 8.
+        ``T'``, ``H'``, ``W'`` are the input's sizes padded to ``1 + 4k`` and multiples of 8 (with
+        ``reshape_z_dim_to_4`` in the config: ``[(B n), 4, h, w]``). ``tiling`` overrides the
+        model's tiling for this call (a ``TilingSettings`` or a dict of changes).
+        With ``double_z=False`` the posterior is deterministic (its samples are its mean).
         """
         x, _ = self._as_video(x, "encode input", self.config.in_channels, self.config.num_video_frames)
-        x = self._pad(x)
-        moments_channels = self.config.z_channels * (2 if self.config.double_z else 1)
-        moments = tiled_encode(self.encoder, x, self.tiling, moments_channels)
-        if not self.config.double_z:
-            moments = torch.cat([moments, torch.zeros_like(moments)], dim=1)
-        posterior = CVVAEPosterior(moments)
+        moments = self._moments(x, tiling)
+        if self.config.reshape_z_dim_to_4:
+            moments = moments.transpose(1, 2).flatten(0, 1)  # (B, C, n, h, w) -> ((B n), C, h, w)
+        posterior = self._posterior(moments)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
+    @apply_forward_hook
     def decode(
-        self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True
+        self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True, tiling: TilingLike = None
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Decode raw latents ``[B, 4, n, h, w]`` into ``[B, 3, 1 + 4 (n - 1), 8 h, 8 w]``.
 
@@ -204,7 +240,7 @@ class CVVAEModel(ModelMixin, ConfigMixin):
         if frames is None and self.config.num_video_frames:
             frames = latent_frames(self.config.num_video_frames)
         z, _ = self._as_video(z, "decode input", self.config.z_channels, frames)
-        x = tiled_decode(self.decoder, z, self.tiling, self.config.out_ch)
+        x = tiled_decode(self.decoder, z, self._tiling(tiling), self.config.out_ch)
         if self.config.reshape_x_dim_to_4:
             x = x.transpose(1, 2).flatten(0, 1)  # (B, C, T, H, W) -> ((B T), C, H, W)
         return DecoderOutput(sample=x) if return_dict else (x,)
@@ -215,12 +251,13 @@ class CVVAEModel(ModelMixin, ConfigMixin):
         sample_posterior: bool = False,
         generator: torch.Generator | None = None,
         return_dict: bool = True,
+        tiling: TilingLike = None,
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Reconstruct ``sample``, trimmed back to its own frames and size."""
         video, was_4d = self._as_video(sample, "input", self.config.in_channels, self.config.num_video_frames)
-        posterior = self.encode(video).latent_dist
+        posterior = self._posterior(self._moments(video, tiling))
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        x = tiled_decode(self.decoder, z, self.tiling, self.config.out_ch)
+        x = tiled_decode(self.decoder, z, self._tiling(tiling), self.config.out_ch)
         t, h, w = video.shape[2:]
         x = x[:, :, :t, :h, :w]
         if was_4d:
@@ -238,8 +275,6 @@ class CVVAEModel(ModelMixin, ConfigMixin):
         override ``config.json`` (e.g. ``tile_spatial_size=None``). Pickle checkpoints (``.ckpt``,
         ``.bin``) can run arbitrary code when loaded and are refused unless ``allow_pickle=True``.
         """
-        from .loading import check_local_weights, hub_error
-
         path = Path(pretrained_model_name_or_path)
         if path.suffix in PICKLE_SUFFIXES or path.suffix == ".safetensors":
             raise ModelLoadError(
@@ -253,6 +288,12 @@ class CVVAEModel(ModelMixin, ConfigMixin):
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except OSError as err:
             raise hub_error(str(pretrained_model_name_or_path), kwargs.get("subfolder"), err) from err
+        except (ValueError, RuntimeError) as err:  # tensors of the wrong shape, a corrupt file, a bad config
+            first = str(err).split(". If you want")[0].splitlines()[0][:300]
+            raise ModelLoadError(
+                f"{pretrained_model_name_or_path} does not hold a CV-VAE matching its config.json ({first}); "
+                "check the folder, the subfolder and the config"
+            ) from err
         problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         if problems:
             details = "; ".join(f"{k.replace('_', ' ')}: {sorted(map(str, v))[:5]}" for k, v in problems.items())

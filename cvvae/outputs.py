@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -30,6 +32,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_output_path(out_path: str | os.PathLike, suffix: str, *inputs: str | os.PathLike) -> Path:
+    """Refuse an output that cannot be written, before any work: wrong suffix, a folder, an unwritable
+    location, or one of the ``inputs`` themselves."""
+    out = Path(out_path)
+    if out.suffix.lower() != suffix:
+        raise InputError(f"the output {out} must end in {suffix}")
+    if out.is_dir():
+        raise InputError(f"the output {out} is a folder; give a file name ending in {suffix}")
+    folder = next(p for p in out.absolute().parents if p.exists())  # nearest existing ancestor
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError(f"cannot write {out}: {folder} is not a writable folder")
+    for src in inputs:
+        if src and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
+            raise InputError(f"the output {out} is the input file; choose another name")
+    return out
 
 
 def _json_default(obj):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from itertools import product
 
 import torch
@@ -26,11 +26,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .blocks import NormStats, PooledGroupNorm
+from .errors import InputError
 
 NORM_MODES = ("pooled", "tile")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TilingSettings:
     """Runtime tiling; ``None`` disables an axis (as the released config keys do).
 
@@ -42,6 +43,7 @@ class TilingSettings:
         temporal_overlap: latent frames shared by consecutive windows (default: 2, or 1 for
             windows of at most 8 frames).
         norm: ``"pooled"`` (GroupNorm statistics of the whole clip, two passes) or ``"tile"``.
+        enabled: ``False`` processes every clip whole and keeps the other settings for later.
     """
 
     frames_per_window: int | None = 16
@@ -49,34 +51,78 @@ class TilingSettings:
     overlap: float = 0.2222
     temporal_overlap: int | None = None
     norm: str = "pooled"
+    enabled: bool = True
 
     def __post_init__(self) -> None:
-        if self.frames_per_window is not None and (self.frames_per_window < 4 or self.frames_per_window % 4):
-            raise ValueError(f"frames_per_window must be a positive multiple of 4, got {self.frames_per_window}")
-        if self.tile_size is not None and (self.tile_size < 16 or self.tile_size % 8):
-            raise ValueError(f"tile_size must be a multiple of 8 and at least 16 pixels, got {self.tile_size}")
-        if not 0.0 <= self.overlap < 0.5:
-            raise ValueError(f"overlap must be in [0, 0.5), got {self.overlap}")
+        fpw, tile = self.frames_per_window, self.tile_size
+        if fpw is not None and (not _is_int(fpw) or fpw < 4 or fpw % 4):
+            raise InputError(f"frames_per_window must be a positive multiple of 4, got {fpw!r}")
+        if tile is not None and (not _is_int(tile) or tile < 16 or tile % 8):
+            raise InputError(f"tile_size must be a multiple of 8 and at least 16 pixels, got {tile!r}")
+        if not isinstance(self.overlap, (int, float)) or not 0.0 <= self.overlap < 0.5:
+            raise InputError(f"overlap must be in [0, 0.5), got {self.overlap!r}")
         if self.temporal_overlap is None:
-            self.temporal_overlap = 1 if self.frames_per_window is None or self.frames_per_window <= 8 else 2
-        if self.frames_per_window is not None and not 1 <= self.temporal_overlap <= self.frames_per_window // 4:
-            raise ValueError(
-                f"temporal_overlap must be 1 to frames_per_window / 4 latent frames, got {self.temporal_overlap}"
+            object.__setattr__(self, "temporal_overlap", 1 if fpw is None or fpw <= 8 else 2)
+        if fpw is not None and not (_is_int(self.temporal_overlap) and 1 <= self.temporal_overlap <= fpw // 4):
+            raise InputError(
+                f"temporal_overlap must be 1 to frames_per_window / 4 latent frames, got {self.temporal_overlap!r}"
             )
         if self.norm not in NORM_MODES:
-            raise ValueError(f"norm must be one of {NORM_MODES}, got {self.norm!r}")
+            raise InputError(f"norm must be one of {NORM_MODES}, got {self.norm!r}")
+
+    def replace(self, **changes) -> TilingSettings:
+        """A copy with ``changes`` applied and everything else kept (``temporal_overlap`` is re-derived
+        for a new ``frames_per_window`` unless it is given too)."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise InputError(f"unknown tiling setting(s) {', '.join(unknown)}")
+        if "frames_per_window" in changes and "temporal_overlap" not in changes:
+            changes["temporal_overlap"] = None
+        return replace(self, **changes)
 
     @property
     def window_latents(self) -> int | None:
-        return None if self.frames_per_window is None else self.frames_per_window // 4 + 1
+        return None if self.frames_per_window is None or not self.enabled else self.frames_per_window // 4 + 1
 
     @property
     def tile_latents(self) -> int | None:
-        return None if self.tile_size is None else self.tile_size // 8
+        return None if self.tile_size is None or not self.enabled else self.tile_size // 8
 
     @property
     def overlap_latents(self) -> int:
-        return 0 if self.tile_size is None else round(self.tile_latents * self.overlap)
+        return 0 if self.tile_latents is None else round(self.tile_latents * self.overlap)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# What front ends offer (web demo, batch jobs, ``generate --decode-tiling``): see ``tiling_changes``.
+TILING_SPECS = ("default", "off", "16", "8", "8/256")
+
+
+def tiling_changes(spec: str | None) -> dict:
+    """A tiling choice as changes for :meth:`TilingSettings.replace`.
+
+    ``"default"`` (or None): the model's own settings; ``"off"``: whole clips; ``"N"``: windows of N
+    frames; ``"N/P"``: windows of N frames and tiles of P pixels.
+    """
+    text = "default" if spec is None else str(spec).strip().lower()
+    if text == "default":
+        return {}
+    if text == "off":
+        return {"enabled": False}
+    frames, slash, tile = text.partition("/")
+    try:
+        changes = {"enabled": True, "frames_per_window": int(frames)}
+        if slash:
+            changes["tile_size"] = int(tile)
+    except ValueError:
+        raise InputError(
+            f"tiling must be 'default', 'off', 'N' (frames per window) or 'N/P' (and tile pixels), got {spec!r}"
+        ) from None
+    TilingSettings().replace(**changes)  # validate the numbers now
+    return changes
 
 
 def spans(length: int, size: int | None, overlap: int) -> list[tuple[int, int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -13,9 +14,10 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .outputs import atomic_path
+from .outputs import atomic_path, write_sidecar
 
-STILL_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
+STILL_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 RESIZE_MODES = ("crop", "stretch")
 DEFAULT_FPS = 25.0  # for stills and streams that state no rate
 AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
@@ -63,10 +65,6 @@ def _check_size(size: tuple[int, int] | None, resize: str) -> None:
         raise InputError(f"size must be (height, width) with positive integers, got {size}")
 
 
-def _is_still(path: Path) -> bool:
-    return path.suffix.lower() in STILL_SUFFIXES
-
-
 def _stream_fps(stream) -> float:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     return float(rate) if rate else DEFAULT_FPS
@@ -96,6 +94,23 @@ def resize_frame(frame: np.ndarray, size: tuple[int, int], resize: str = "crop")
     return np.ascontiguousarray(out[top : top + height, left : left + width])
 
 
+def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
+    """Scale one ``[H, W, 3]`` uint8 frame so that its short side is ``short_side`` pixels."""
+    h, w = frame.shape[:2]
+    scale = short_side / min(h, w)
+    size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))  # (width, height)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    return cv2.resize(frame, size, interpolation=interp)
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def is_still_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in STILL_SUFFIXES
+
+
 def read_image(path: str | os.PathLike):
     """Read a still image as an RGB ``PIL.Image.Image``."""
     from PIL import Image, UnidentifiedImageError
@@ -109,25 +124,52 @@ def read_image(path: str | os.PathLike):
         raise VideoReadError(f"{path} is not a readable image ({err})") from err
 
 
-def _decode_frames(path: Path, start: int, num_frames: int | None, stride: int) -> tuple[list[np.ndarray], float]:
-    """Decode the selected frames of the first video stream as RGB arrays."""
-    frames: list[np.ndarray] = []
-    seen = 0
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def _open_stream(container, path: Path):
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoReadError(f"{path} has no video stream (streams: {', '.join(kinds)})")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def iter_frames(
+    path: str | os.PathLike,
+    start: int = 0,
+    num_frames: int | None = None,
+    stride: int = 1,
+    transform: Transform | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield frames ``start, start + stride, ...`` (at most ``num_frames``) one at a time, as RGB uint8.
+
+    Each frame is decoded and passed through ``transform`` (e.g. a resize) before the next one is
+    decoded, so memory does not grow with the clip. Stills yield one frame. Raises
+    ``VideoReadError`` for missing, empty, truncated and non-video files and a ``start`` beyond the end.
+    """
+    _check_selection(start, num_frames, stride)
+    path = _check_file(path)
+    transform = transform or (lambda f: f)
+    if is_still_file(path):
+        if start > 0:
+            raise VideoReadError(f"start={start} is beyond the end of {path} (a still image is one frame)")
+        yield transform(np.asarray(read_image(path)))
+        return
+    seen = yielded = 0
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                kinds = sorted({s.type for s in container.streams}) or ["none"]
-                raise VideoReadError(f"{path} has no video stream (streams: {', '.join(kinds)})")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            fps, expected = _stream_fps(stream), stream.frames
+            stream = _open_stream(container, path)
+            expected = stream.frames
             for frame in container.decode(stream):
                 index, seen = seen, seen + 1
                 if index < start or (index - start) % stride:
                     continue
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if num_frames is not None and len(frames) >= num_frames:
-                    break
+                yielded += 1
+                yield transform(frame.to_ndarray(format="rgb24"))
+                if num_frames is not None and yielded >= num_frames:
+                    return
     except VideoReadError:
         raise
     except AV_ERRORS as err:
@@ -135,11 +177,32 @@ def _decode_frames(path: Path, start: int, num_frames: int | None, stride: int) 
         raise VideoReadError(f"{path} {what} ({type(err).__name__}: {err})") from err
     if num_frames is None and expected and seen < 0.9 * expected:
         raise VideoReadError(f"{path} is truncated: only {seen} of its {expected} frames could be decoded")
-    if not frames:
+    if not yielded:
         if seen:
             raise VideoReadError(f"start={start} is beyond the end of {path} ({seen} frames)")
         raise VideoReadError(f"{path} has no decodable frames")
-    return frames, fps
+
+
+def source_fps(path: str | os.PathLike) -> float:
+    """The frame rate a video states (``DEFAULT_FPS`` for stills and streams that state none)."""
+    path = _check_file(path)
+    if is_still_file(path):
+        return DEFAULT_FPS
+    try:
+        with av.open(str(path)) as container:
+            return _stream_fps(_open_stream(container, path))
+    except VideoReadError:
+        raise
+    except AV_ERRORS as err:
+        raise VideoReadError(f"{path} is not a readable video ({type(err).__name__}: {err})") from err
+
+
+def resizer(size: tuple[int, int] | None, resize: str = "crop") -> Transform | None:
+    """The per-frame transform of ``read_video``'s ``size``/``resize`` (None: keep the size)."""
+    _check_size(size, resize)
+    if size is None:
+        return None
+    return lambda frame: resize_frame(frame, size, resize)
 
 
 def read_video(
@@ -153,29 +216,20 @@ def read_video(
     """Read frames ``start, start + stride, ...`` (at most ``num_frames``) of a video or a still.
 
     Returns ``(frames, fps)``: uint8 RGB ``[T, H, W, 3]`` and the source's fps divided by
-    ``stride``. ``size=(height, width)`` resizes every frame (see ``resize_frame``). Stills
-    (png, jpg, webp, ...) read as one frame at ``DEFAULT_FPS``. Raises ``VideoReadError`` for
-    missing, empty, truncated and non-video files, files with no video stream, and a ``start``
-    beyond the end.
+    ``stride``. ``size=(height, width)`` resizes every frame as it is decoded (see
+    ``resize_frame``). Stills (png, jpg, webp, ...) read as one frame at ``DEFAULT_FPS``. Raises
+    ``VideoReadError`` for missing, empty, truncated and non-video files, files with no video
+    stream, and a ``start`` beyond the end.
     """
-    _check_selection(start, num_frames, stride)
-    _check_size(size, resize)
-    path = _check_file(path)
-    if _is_still(path):
-        if start > 0:
-            raise VideoReadError(f"start={start} is beyond the end of {path} (a still image is one frame)")
-        frames, fps = [np.asarray(read_image(path))], DEFAULT_FPS
-    else:
-        frames, fps = _decode_frames(path, start, num_frames, stride)
-    if size is not None:
-        frames = [resize_frame(f, size, resize) for f in frames]
-    return np.stack(frames), fps / stride
+    transform = resizer(size, resize)
+    frames = np.stack(list(iter_frames(path, start, num_frames, stride, transform)))
+    return frames, source_fps(path) / stride
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Frame count, fps and size of a video (counting packets when the container does not say)."""
     path = _check_file(path)
-    if _is_still(path):
+    if is_still_file(path):
         img = read_image(path)
         return VideoInfo(1, DEFAULT_FPS, img.height, img.width)
     try:
@@ -253,6 +307,20 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(stream.encode())  # flush
     return path
+
+
+def write_video_and_sidecar(path: str | os.PathLike, frames: np.ndarray, fps: float, meta: dict) -> dict:
+    """Write the mp4 and its JSON sidecar (both atomically); the mp4 is removed again if the sidecar fails.
+
+    Returns ``{"video": ..., "sidecar": ...}``.
+    """
+    path = write_video(path, frames, fps)
+    try:
+        side = write_sidecar(path, meta)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return {"video": str(path), "sidecar": str(side)}
 
 
 def side_by_side(*clips: np.ndarray) -> np.ndarray:

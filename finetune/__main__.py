@@ -23,8 +23,6 @@ def cmd_cache(args) -> int:
     if not cfg.data.videos:
         raise UserError("data.videos is not set: give a folder of videos or a .csv/.jsonl list")
     encoders = load_encoders(cfg.model, device=args.device)
-    if cfg.data.tiling:
-        encoders["vae"].enable_tiling()
     manifest = build_cache(cfg.data, encoders, model_ids(cfg.model))
     print(f"{manifest['num_clips']} clips cached in {cfg.data.cache_dir}; {len(manifest['skipped'])} skipped")
     return 0
@@ -34,7 +32,7 @@ def cmd_train(args) -> int:
     import torch
 
     from .config import load_config
-    from .train import train
+    from .trainer import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,12 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from cvvae.cli import run_command
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

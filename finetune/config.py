@@ -1,32 +1,28 @@
-"""Fine-tuning configuration: nested dataclasses, read from YAML, with ``section.key=value`` overrides."""
+"""Fine-tuning configuration: nested dataclasses, read from YAML with ``section.key=value`` overrides
+(``cvvae.config`` does the reading and type checks)."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
+from cvvae import config as config_io
+from cvvae.config import ConfigError
+from cvvae.hub import CVVAE_HUB_ID, DEFAULT_SUBFOLDER
+from cvvae.pipelines.adapters import MODES
+from cvvae.pipelines.defaults import LIMITS, MOTION_BUCKET_ID
 
-from cvvae.errors import InputError
-
-MODES = ("conv_out", "lora", "lora+conv_out")
 LORA_LAYERS = ("all", "spatial", "temporal")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-
-
-class ConfigError(InputError):
-    """A configuration file, key or value that cannot be used."""
+__all__ = ["ConfigError", "FinetuneConfig", "LatentCacheConfig", "LoraSettings", "ModelConfig", "load_config"]
 
 
 @dataclass
 class ModelConfig:
     base: str = "stabilityai/stable-video-diffusion-img2vid-xt"  # "tiny", a hub id or a local SVD folder
-    cvvae: str = "AILab-CVC/CV-VAE"  # "tiny", a hub id or a local folder
-    cvvae_subfolder: str | None = "vae3d_v1-1"
+    cvvae: str = CVVAE_HUB_ID  # "tiny", a hub id or a local folder
+    cvvae_subfolder: str | None = DEFAULT_SUBFOLDER
     revision: str | None = None
 
     def validate(self):
@@ -37,7 +33,9 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class LatentCacheConfig:
+    """Which clips the latent cache holds and how they are cut (the ``data`` section)."""
+
     videos: str = ""  # a folder of videos, or a .csv / .jsonl list (columns: path, optional fps)
     cache_dir: str = "cache"
     height: int = 320
@@ -48,7 +46,7 @@ class DataConfig:
     clips_per_video: int = 1  # at most this many non-overlapping clips per video
     shard_size: int = 8  # clips per safetensors shard
     resize: str = "crop"  # "crop" (cover + centre crop) or "stretch"
-    tiling: bool = False  # encode with CV-VAE tiling (long or large clips on small GPUs)
+    tiling: bool = False  # encode with CV-VAE's tiling (long or large clips on small GPUs); false: whole clips
 
     @property
     def num_frames(self) -> int:
@@ -87,7 +85,9 @@ class LoraSettings:
 
 
 @dataclass
-class TrainConfig:
+class AdapterTrainConfig:
+    """How the adapter is trained (the ``train`` section)."""
+
     output_dir: str = "runs/finetune"
     mode: str = "conv_out"  # conv_out | lora | lora+conv_out
     max_steps: int = 5000  # optimizer steps
@@ -106,10 +106,10 @@ class TrainConfig:
     # EDM noise levels (log-normal) and conditioning, as in SVD fine-tuning practice
     p_mean: float = 0.7
     p_std: float = 1.6
-    noise_aug_mean: float = -3.0  # log-normal noise augmentation of the conditioning latent
+    noise_aug_mean: float = -3.0  # log-normal strength of the conditioning image's noise (in pixels, as at inference)
     noise_aug_std: float = 0.5
     conditioning_dropout: float = 0.1  # drop image embedding and image latent (classifier-free guidance)
-    motion_bucket_id: int = 127
+    motion_bucket_id: int = MOTION_BUCKET_ID
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -138,7 +138,7 @@ class TrainConfig:
             raise ConfigError(f"train.conditioning_dropout must be in [0, 1), got {self.conditioning_dropout}")
         if self.p_std <= 0 or self.noise_aug_std < 0:
             raise ConfigError("train.p_std must be > 0 and train.noise_aug_std >= 0")
-        if not 0 <= self.motion_bucket_id <= 255:
+        if self.motion_bucket_id not in LIMITS["motion_bucket_id"]:
             raise ConfigError(f"train.motion_bucket_id must be in [0, 255], got {self.motion_bucket_id}")
         if self.stop_after is not None and not 1 <= self.stop_after <= self.max_steps:
             raise ConfigError(f"train.stop_after must be in [1, max_steps={self.max_steps}], got {self.stop_after}")
@@ -149,8 +149,8 @@ class TrainConfig:
 @dataclass
 class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    data: LatentCacheConfig = field(default_factory=LatentCacheConfig)
+    train: AdapterTrainConfig = field(default_factory=AdapterTrainConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def validate(self) -> FinetuneConfig:
@@ -166,97 +166,11 @@ class FinetuneConfig:
         return Path(self.train.output_dir)
 
 
-def _coerce(value, tp, key: str):
-    """Check/convert ``value`` to the annotated type ``tp`` (int, float, str, bool, list[str], X | None)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_coerce(v, typing.get_args(tp)[0], key) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, bool):  # YAML reads a bare no/yes as a boolean
-            return "no" if not value else "yes"
-        if not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def _build(cls, data: dict, prefix: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'the config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; known: {sorted(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, tp, prefix + name)
-    return cls(**kwargs)
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``section.key=value`` strings (values parsed as YAML) onto the nested dict ``data``."""
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or len(parts) != 2 or not all(parts):
-            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.learning_rate=1e-4)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"cannot parse the value of override {item!r}: {err}") from err
-        section = data.setdefault(parts[0], {})
-        if not isinstance(section, dict):
-            raise ConfigError(f"override {item!r}: {parts[0]} is not a config section")
-        section[parts[1]] = value
-    return data
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> FinetuneConfig:
     """Read a YAML config (or start from the defaults), apply overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    data = apply_overrides(data, overrides or [])
-    return _build(FinetuneConfig, data, "").validate()
+    return config_io.load_config(FinetuneConfig, path, overrides or [])
 
 
 def config_from_dict(data: dict) -> FinetuneConfig:
     """Rebuild (and validate) a config from ``FinetuneConfig.to_dict()``."""
-    return _build(FinetuneConfig, data, "").validate()
+    return config_io.build(FinetuneConfig, data).validate()

@@ -3,10 +3,12 @@
 Cache layout (``data.cache_dir``)::
 
     cache.json               settings the cache was built with (a resume must match them)
-    shard-00000.safetensors  latents_mean/latents_logvar [K,4,n,h,w] (raw CV-VAE latents, no scaling),
-                             cond_latent [K,4,h,w] (first frame encoded as an image, latent_dist.mode()),
+    shard-00000.safetensors  latents_mean/latents_logvar [K,C,n,h,w] (raw CV-VAE latents, no scaling),
+                             cond_pixels [K,3,H,W] uint8 (the first frame: training adds SVD's noise in
+                             pixels and encodes it with CV-VAE, as generation does),
                              image_embeds [K,1,D] (CLIP image embedding of the first frame), fps [K]
-    manifest.json            every clip (source, start, frames, stride, fps, size, shard, index) + model ids
+    manifest.json            every clip (source, start, frames, stride, fps, size, shard, index), model ids
+                             and the CV-VAE's latent scaling
     report.json              videos and clips that were skipped, with the reason
 
 Shards are written atomically and skipped when present, so an interrupted build resumes where it stopped.
@@ -25,14 +27,17 @@ import torch
 from tqdm.auto import tqdm
 
 from cvvae.errors import InputError
+from cvvae.latents import LatentScaling
 from cvvae.outputs import atomic_path, write_json_atomic
+from cvvae.pipelines.conditioning import clip_image_embeds
+from cvvae.video import VIDEO_SUFFIXES, frames_to_tensor, probe, read_video
 
-from .config import DataConfig
+from .config import LatentCacheConfig
 
 log = logging.getLogger(__name__)
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
 MANIFEST, SETTINGS, REPORT = "manifest.json", "cache.json", "report.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+TENSOR_KEYS = ("latents_mean", "latents_logvar", "cond_pixels", "image_embeds", "fps")
 
 
 @dataclass
@@ -97,10 +102,8 @@ def _read_list(path: Path) -> list[dict]:
     raise InputError(f"{path}: a video list must be .csv or .jsonl")
 
 
-def plan_clips(sources: list[Source], cfg: DataConfig) -> tuple[list[Clip], list[dict]]:
+def plan_clips(sources: list[Source], cfg: LatentCacheConfig) -> tuple[list[Clip], list[dict]]:
     """Cut every source into up to ``clips_per_video`` non-overlapping clips; unreadable/short ones are skipped."""
-    from cvvae.video import probe
-
     clips, skipped = [], []
     for src in sources:
         try:
@@ -121,7 +124,7 @@ def plan_clips(sources: list[Source], cfg: DataConfig) -> tuple[list[Clip], list
     return clips, skipped
 
 
-def cache_settings(cfg: DataConfig, model_ids: dict) -> dict:
+def cache_settings(cfg: LatentCacheConfig, model_ids: dict) -> dict:
     keys = ("height", "width", "num_latent_frames", "stride", "fps", "clips_per_video", "shard_size", "resize")
     return {"version": CACHE_VERSION, **{k: getattr(cfg, k) for k in keys}, "models": model_ids}
 
@@ -142,44 +145,30 @@ def _check_settings(cache_dir: Path, settings: dict, videos: str) -> None:
 
 
 @torch.no_grad()
-def clip_embedding(image_encoder, feature_extractor, frame: np.ndarray) -> torch.Tensor:
-    """CLIP image embedding ``[1, 1, D]`` of a uint8 ``[H, W, 3]`` frame, preprocessed as the SVD pipeline does."""
-    from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
+def encode_clip(frames: np.ndarray, encoders: dict, tiling: dict | None = None) -> dict[str, torch.Tensor]:
+    """Encode uint8 ``[T, H, W, 3]`` frames into the tensors one cache entry holds.
 
-    param = next(image_encoder.parameters())
-    x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 127.5 - 1  # [H,W,3] -> [1,3,H,W] in [-1,1]
-    x = (_resize_with_antialiasing(x, (224, 224)) + 1) / 2
-    pixels = feature_extractor(
-        images=x, do_normalize=True, do_center_crop=False, do_resize=False, do_rescale=False, return_tensors="pt"
-    ).pixel_values
-    return image_encoder(pixels.to(param.device, param.dtype)).image_embeds.unsqueeze(1).float().cpu()
-
-
-@torch.no_grad()
-def encode_clip(frames: np.ndarray, vae, image_encoder, feature_extractor) -> dict[str, torch.Tensor]:
-    """Encode uint8 ``[T, H, W, 3]`` frames into the tensors one cache entry holds."""
-    from cvvae.video import frames_to_tensor
-
-    param = next(vae.parameters())
-    x = frames_to_tensor(frames).to(param.device, param.dtype)  # [1, 3, T, H, W]
-    dist = vae.encode(x).latent_dist
-    cond = vae.encode(x[:, :, 0]).latent_dist.mode()  # first frame as an image
-    if cond.dim() == 5:
-        cond = cond[:, :, 0]  # [1, 4, 1, h, w] -> [1, 4, h, w]
+    ``tiling`` is the CV-VAE tiling of this encode (changes to the model's settings; ``{"enabled":
+    False}`` for whole clips).
+    """
+    vae = encoders["vae"]
+    x = frames_to_tensor(frames, device=vae.device, dtype=vae.dtype)  # [1, 3, T, H, W]
+    dist = vae.encode(x, tiling=tiling).latent_dist
+    first = frames_to_tensor(frames[:1])[:, :, 0]  # [1, 3, H, W] in [-1, 1]
+    embeds = clip_image_embeds(encoders["image_encoder"], encoders["feature_extractor"], first)
     return {
         "latents_mean": dist.mean[0].float().cpu(),
         "latents_logvar": dist.logvar[0].float().cpu(),
-        "cond_latent": cond[0].float().cpu(),
-        "image_embeds": clip_embedding(image_encoder, feature_extractor, frames[0])[0],
+        "cond_pixels": torch.from_numpy(np.ascontiguousarray(frames[0])).permute(2, 0, 1),  # [3, H, W] uint8
+        "image_embeds": embeds[0].float().cpu(),
     }
 
 
-def _write_shard(path: Path, clips: list[Clip], cfg: DataConfig, encoders: dict, pbar) -> list[dict]:
+def _write_shard(path: Path, clips: list[Clip], cfg: LatentCacheConfig, encoders: dict, pbar) -> list[dict]:
     """Encode ``clips`` into one shard file; returns the clips that failed (with reasons)."""
     from safetensors.torch import save_file
 
-    from cvvae.video import read_video
-
+    tiling = {} if cfg.tiling else {"enabled": False}
     rows, failed, kept = [], [], []
     for clip in clips:
         try:
@@ -190,7 +179,7 @@ def _write_shard(path: Path, clips: list[Clip], cfg: DataConfig, encoders: dict,
             failed.append({"source": clip.source, "start": clip.start, "reason": str(err)})
             pbar.update(1)
             continue
-        rows.append(encode_clip(frames, encoders["vae"], encoders["image_encoder"], encoders["feature_extractor"]))
+        rows.append(encode_clip(frames, encoders, tiling))
         kept.append({**asdict(clip), "size": list(clip.size)})
         pbar.update(1)
     tensors = {k: torch.stack([r[k] for r in rows]).contiguous() for k in rows[0]} if rows else {}
@@ -212,7 +201,7 @@ def shard_meta(path: Path) -> tuple[list[dict], list[dict]]:
     return json.loads(meta.get("clips", "[]")), json.loads(meta.get("skipped", "[]"))
 
 
-def build_cache(cfg: DataConfig, encoders: dict, model_ids: dict, limit_shards: int | None = None) -> dict:
+def build_cache(cfg: LatentCacheConfig, encoders: dict, model_ids: dict, limit_shards: int | None = None) -> dict:
     """Build (or resume) the latent cache of ``cfg.videos`` in ``cfg.cache_dir``; returns the manifest.
 
     ``encoders`` holds ``vae`` (CV-VAE), ``image_encoder`` and ``feature_extractor`` (SVD's CLIP).
@@ -237,10 +226,13 @@ def build_cache(cfg: DataConfig, encoders: dict, model_ids: dict, limit_shards: 
                 return {}
             _write_shard(path, group, cfg, encoders, pbar)
             written += 1
-    return _write_manifest(cache_dir, len(shards), skipped, model_ids, cfg)
+    scaling = LatentScaling.of(encoders["vae"])
+    return _write_manifest(cache_dir, len(shards), skipped, model_ids, scaling, cfg)
 
 
-def _write_manifest(cache_dir: Path, num_shards: int, skipped: list, model_ids: dict, cfg: DataConfig) -> dict:
+def _write_manifest(
+    cache_dir: Path, num_shards: int, skipped: list, model_ids: dict, scaling: LatentScaling, cfg: LatentCacheConfig
+) -> dict:
     entries, failed = [], list(skipped)
     for i in range(num_shards):
         name = f"shard-{i:05d}.safetensors"
@@ -253,6 +245,7 @@ def _write_manifest(cache_dir: Path, num_shards: int, skipped: list, model_ids: 
     manifest = {
         "version": CACHE_VERSION,
         "models": model_ids,
+        "latent_scaling": scaling.as_dict(),
         "settings": cache_settings(cfg, model_ids),
         "num_clips": len(entries),
         "clips": entries,
@@ -291,11 +284,17 @@ class LatentCache(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         clip = self.clips[i]
         f, j = self._shard(clip["shard"]), clip["index"]
-        keys = ("latents_mean", "latents_logvar", "cond_latent", "image_embeds", "fps")
-        return {k: f.get_slice(k)[j : j + 1][0] for k in keys}
+        return {k: f.get_slice(k)[j : j + 1][0] for k in TENSOR_KEYS}
 
     def __getstate__(self):  # DataLoader workers reopen shards themselves
         return {**self.__dict__, "_open": {}}
+
+    @property
+    def scaling(self) -> LatentScaling:
+        """The latent scaling of the CV-VAE that encoded the cache."""
+        if self.manifest.get("version") != CACHE_VERSION or "latent_scaling" not in self.manifest:
+            raise InputError(f"{self.cache_dir} was built by an older version; rebuild it (python -m finetune cache)")
+        return LatentScaling.of(self.manifest["latent_scaling"])
 
     def summary(self) -> dict:
         m = self.manifest

@@ -14,9 +14,8 @@ import numpy as np
 
 from cvvae.errors import InputError
 from cvvae.outputs import atomic_path, write_json_atomic
+from cvvae.video import STILL_SUFFIXES, VIDEO_SUFFIXES, is_still_file
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 METRICS = ("frame_difference", "warping_error", "psnr", "ssim")
 
 
@@ -50,7 +49,7 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES | IMAGE_SUFFIXES)
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES + STILL_SUFFIXES)
         elif path.is_file():
             found.append(path)
         else:
@@ -66,7 +65,7 @@ def conditioning_image(path: Path, folder: Path) -> Path:
 
     from cvvae.video import read_video
 
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_still_file(path):
         return path
     frames, _ = read_video(path, num_frames=1)
     out = folder / f"{path.stem}.png"
@@ -79,7 +78,7 @@ def reference_clip(path: Path, frames: int, fps: float, size: tuple[int, int]) -
     """The real continuation of a held-out video at the generated fps and size (None for stills / short videos)."""
     from cvvae.video import probe, read_video
 
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_still_file(path):
         return None
     stride = max(1, round(probe(path).fps / fps))
     ref, _ = read_video(path, num_frames=frames, stride=stride, size=size)
@@ -182,7 +181,7 @@ def sample_during_training(cfg, unet, step: int) -> Path:
     from cvvae.pipelines.api import GenerationSettings, generate
 
     from .data import load_manifest
-    from .train import adapter_info
+    from .models import adapter_info
 
     t, folder = cfg.train, cfg.output_dir / "samples"
     image = t.sample_image

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from cvvae.errors import ModelLoadError
+from cvvae.hub import hub_error, model_label
 
-from .config import LoraSettings, ModelConfig
+from .config import FinetuneConfig, LoraSettings, ModelConfig
 
 ATTN_PROJ = r"(attn1|attn2)\.({mods})"
 LAYER_PATTERNS = {
@@ -19,8 +20,17 @@ LAYER_PATTERNS = {
 
 def model_ids(cfg: ModelConfig) -> dict:
     """How the cache and the adapter name the models they belong to."""
-    cvvae = cfg.cvvae + (f"/{cfg.cvvae_subfolder}" if cfg.cvvae_subfolder and cfg.cvvae != "tiny" else "")
+    cvvae = cfg.cvvae if cfg.cvvae == "tiny" else model_label(cfg.cvvae, cfg.cvvae_subfolder)
     return {"base_unet": cfg.base, "cvvae": cvvae}
+
+
+def load_cvvae(cfg: ModelConfig, device=None, dtype=None):
+    """The frozen CV-VAE (``tiny``: the one the ``tiny`` preset uses)."""
+    from cvvae.loading import build_tiny_vae, load_vae
+
+    vae = build_tiny_vae() if cfg.cvvae == "tiny" else load_vae(cfg.cvvae, subfolder=cfg.cvvae_subfolder)
+    kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    return vae.to(**kwargs).eval().requires_grad_(False)
 
 
 def load_encoders(cfg: ModelConfig, device=None, dtype=None) -> dict:
@@ -29,11 +39,9 @@ def load_encoders(cfg: ModelConfig, device=None, dtype=None) -> dict:
         from cvvae.pipelines.tiny import build_tiny_svd
 
         parts = build_tiny_svd()
-        enc = {k: parts[k] for k in ("vae", "image_encoder", "feature_extractor")}
+        enc = {k: parts[k] for k in ("image_encoder", "feature_extractor")}
     else:
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-        from cvvae.loading import load_vae
 
         try:
             enc = {
@@ -45,29 +53,24 @@ def load_encoders(cfg: ModelConfig, device=None, dtype=None) -> dict:
                 ),
             }
         except OSError as err:
-            from cvvae.loading import hub_error
-
             raise hub_error(cfg.base, "image_encoder", err) from err
-        enc["vae"] = load_vae(cfg.cvvae, subfolder=cfg.cvvae_subfolder)
-    for key in ("vae", "image_encoder"):
-        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-        enc[key] = enc[key].to(**kwargs).eval().requires_grad_(False)
+    kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    enc["image_encoder"] = enc["image_encoder"].to(**kwargs).eval().requires_grad_(False)
+    enc["vae"] = load_cvvae(cfg, device, dtype)
     return enc
 
 
 def load_unet(cfg: ModelConfig):
-    """The SVD UNet (``tiny``: helper B's random tiny UNet, identical to the one the ``tiny`` preset uses)."""
+    """The SVD UNet (``tiny``: the random tiny UNet of the ``tiny`` preset)."""
     if cfg.base == "tiny":
-        from cvvae.pipelines.tiny import build_tiny_svd
+        from cvvae.pipelines.tiny import tiny_svd_unet
 
-        return build_tiny_svd()["unet"]
+        return tiny_svd_unet(seed=0)
     from diffusers import UNetSpatioTemporalConditionModel
 
     try:
         return UNetSpatioTemporalConditionModel.from_pretrained(cfg.base, subfolder="unet", revision=cfg.revision)
     except (OSError, ValueError) as err:
-        from cvvae.loading import hub_error
-
         raise hub_error(cfg.base, "unet", err) from err
 
 
@@ -130,3 +133,20 @@ def count_parameters(unet_config: dict | None = None, lora: LoraSettings | None 
         counts[mode] = sum(p.numel() for p in trainable_parameters(unet).values())
     counts["total_unet"] = sum(p.numel() for n, p in unet.named_parameters() if "lora_" not in n)
     return counts
+
+
+def adapter_info(cfg: FinetuneConfig, peft_config, data: dict, step: int):
+    """The description an adapter folder of this run carries (``cvvae.pipelines.adapters.AdapterInfo``)."""
+    from cvvae.pipelines.adapters import AdapterInfo
+
+    ids = model_ids(cfg.model)
+    extra = {"train": {k: v for k, v in cfg.to_dict()["train"].items() if k != "output_dir"}}
+    return AdapterInfo(
+        mode=cfg.train.mode,
+        peft_config=peft_config,
+        base_unet=ids["base_unet"],
+        cvvae=ids["cvvae"],
+        step=step,
+        data=data,
+        extra=extra,
+    )

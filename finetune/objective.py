@@ -5,22 +5,20 @@ With ``prediction_type="v_prediction"`` and ``timestep_type="continuous"`` the s
 into the clean sample as ``c_out * F + c_skip * x`` (``step``). Training samples ``ln(sigma)`` from a normal
 distribution (``p_mean``, ``p_std``) and weights the squared error of that clean sample by
 ``(sigma^2 + 1) / sigma^2``, as the usual SVD fine-tuning scripts do.
+
+Conditioning is built by ``cvvae.pipelines.conditioning``, the functions generation uses: the cached first
+frame gets noise in pixels and is encoded by CV-VAE, and the latents cross the boundary through
+``cvvae.latents`` with the cached model's scaling.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .config import TrainConfig
+from cvvae.latents import LatentScaling, to_diffusion
+from cvvae.pipelines import conditioning
 
-SCALING_FACTOR = 0.18215  # SD / SVD latent scaling, applied at the UNet boundary only
-
-
-def unet_fps_id(video_fps: torch.Tensor) -> torch.Tensor:
-    """The UNet fps conditioning of clips at ``video_fps``: the pipelines' rule, as at generation."""
-    from cvvae.pipelines.svd import fps_conditioning
-
-    return torch.tensor([float(fps_conditioning(float(f))) for f in video_fps])
+from .config import AdapterTrainConfig
 
 
 def precondition(sigma: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -35,33 +33,41 @@ def precondition(sigma: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def edm_loss(unet, batch: dict, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+def conditioning_latent(vae, cond_pixels: torch.Tensor, strength: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The image latent ``[B, C, h, w]`` of uint8 first frames ``[B, 3, H, W]``, as generation builds it."""
+    pixels = cond_pixels.float() / 127.5 - 1.0  # uint8 -> [-1, 1]
+    with torch.no_grad():
+        return conditioning.image_latent(vae, conditioning.augment_image(pixels, strength, noise)).float()
+
+
+def edm_loss(
+    unet, vae, batch: dict, cfg: AdapterTrainConfig, scaling: LatentScaling, generator: torch.Generator
+) -> torch.Tensor:
     """One EDM loss on a batch of cached clips; all randomness comes from ``generator`` (on the CPU)."""
-    mean, logvar = batch["latents_mean"], batch["latents_logvar"]  # [B, 4, n, h, w]
+    mean, logvar = batch["latents_mean"], batch["latents_logvar"]  # [B, C, n, h, w], raw
     device, b = mean.device, mean.shape[0]
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator).to(device)
 
-    latents = (mean + (0.5 * logvar).exp() * randn(mean.shape)) * SCALING_FACTOR
-    latents = latents.permute(0, 2, 1, 3, 4)  # [B, 4, n, h, w] -> [B, n, 4, h, w] (SVD UNet layout)
+    latents = to_diffusion(mean + (0.5 * logvar).exp() * randn(mean.shape), scaling)
+    latents = latents.permute(0, 2, 1, 3, 4)  # [B, C, n, h, w] -> [B, n, C, h, w] (SVD UNet layout)
     sigma = (cfg.p_mean + cfg.p_std * randn(b)).exp()
     pre = {k: v.view(b, 1, 1, 1, 1) for k, v in precondition(sigma).items()}
     noisy = latents + sigma.view(b, 1, 1, 1, 1) * randn(latents.shape)
 
-    # conditioning: noise-augmented image latent (unscaled, as the pipeline passes it) and CLIP embedding
+    # conditioning: the noise-augmented first frame encoded by CV-VAE (unscaled) and its CLIP embedding
     aug = (cfg.noise_aug_mean + cfg.noise_aug_std * randn(b)).exp() if cfg.noise_aug_std > 0 else torch.zeros(b)
     aug = aug.to(device)
-    cond = batch["cond_latent"] + aug.view(b, 1, 1, 1) * randn(batch["cond_latent"].shape)  # [B, 4, h, w]
+    cond = conditioning_latent(vae, batch["cond_pixels"], aug, randn(batch["cond_pixels"].shape))  # [B, C, h, w]
     embeds = batch["image_embeds"]  # [B, 1, D]
     keep = (torch.rand(b, generator=generator) >= cfg.conditioning_dropout).float().to(device)
     cond, embeds = cond * keep.view(b, 1, 1, 1), embeds * keep.view(b, 1, 1)  # CFG: zeros = unconditional
-    cond = cond.unsqueeze(1).expand(-1, latents.shape[1], -1, -1, -1)  # [B, 4, h, w] -> [B, n, 4, h, w]
+    cond = cond.unsqueeze(1).expand(-1, latents.shape[1], -1, -1, -1)  # [B, C, h, w] -> [B, n, C, h, w]
 
-    time_ids = torch.stack(
-        [unet_fps_id(batch["fps"].float().cpu()).to(device), torch.full_like(aug, cfg.motion_bucket_id), aug], dim=1
-    )  # [B, 3]: fps, motion bucket, noise augmentation
-    inp = torch.cat([pre["c_in"] * noisy, cond.to(noisy.dtype)], dim=2)  # [B, n, 8, h, w]
-    pred = unet(inp, pre["c_noise"].flatten(), encoder_hidden_states=embeds, added_time_ids=time_ids).sample
+    fps = torch.tensor([conditioning.fps_id(float(f)) for f in batch["fps"]])
+    ids = conditioning.time_ids(fps, cfg.motion_bucket_id, aug.cpu()).to(device)  # [B, 3]
+    inp = torch.cat([pre["c_in"] * noisy, cond.to(noisy.dtype)], dim=2)  # [B, n, 2C, h, w]
+    pred = unet(inp, pre["c_noise"].flatten(), encoder_hidden_states=embeds, added_time_ids=ids).sample
     denoised = pre["c_out"] * pred.float() + pre["c_skip"] * noisy
     return (pre["weight"] * (denoised - latents) ** 2).mean()

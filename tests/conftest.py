@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models, offline hub, paths to the shared references."""
+"""Shared fixtures: tiny random models, offline hub, the reference fixtures carried in tests/fixtures."""
 
 from __future__ import annotations
 
@@ -13,15 +13,17 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from cvvae.loading import TINY_VAE_CONFIG, build_tiny_vae  # noqa: E402 (after the offline settings)
+from cvvae.loading import build_tiny_vae  # noqa: E402 (after the offline settings)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-PARITY = SHARED / "fixtures" / "cvvae_parity"
-VIDEOS = SHARED / "data" / "videos"
-
-# A CV-VAE small enough for CPU tests, with the released structure (4 levels, both attentions).
-TINY_CONFIG = TINY_VAE_CONFIG
+FIXTURES = REPO / "tests" / "fixtures"
+PARITY = FIXTURES / "cvvae_parity"
+SD3_PARITY = FIXTURES / "cvvae_sd3_parity"
+MANIFEST = FIXTURES / "cvvae_state_dict_manifest.json"
+SD3_MANIFEST = FIXTURES / "cvvae_sd3_state_dict_manifest.json"
+EXAMPLES = REPO / "assets" / "examples"
+CLIP = EXAMPLES / "coffee_pan.mp4"  # 33 frames of a real photograph panned by a camera, 256x144, 12 fps
+IMAGE = EXAMPLES / "cat.jpg"
 
 
 @pytest.fixture
@@ -29,16 +31,41 @@ def tiny_vae():
     return build_tiny_vae(seed=0)
 
 
-@pytest.fixture
-def parity_dir():
-    if not PARITY.is_dir():
-        pytest.skip(f"parity fixture {PARITY} is absent")
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    """The released implementation's reference outputs (carried in the repository: never skipped)."""
+    assert (PARITY / "io.safetensors").is_file(), f"the parity fixture {PARITY} is missing from the checkout"
     return PARITY
 
 
-@pytest.fixture
-def real_video():
-    path = VIDEOS / "19216241-hd_1280_720_30fps.mp4"
-    if not path.is_file():
-        pytest.skip(f"sample video {path} is absent")
-    return path
+@pytest.fixture(scope="session")
+def saved_tiny_vae(tmp_path_factory) -> Path:
+    """A folder written by ``save_pretrained`` from the tiny random model (for strict-loading tests)."""
+    folder = tmp_path_factory.mktemp("tiny-vae")
+    build_tiny_vae(seed=0).save_pretrained(folder)
+    return folder
+
+
+LORA = dict(r=4, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights=False)
+
+
+def make_adapter(folder, mode: str = "lora+conv_out"):
+    """A trained-looking adapter for the tiny SVD UNet: random LoRA tensors and a perturbed conv_out.
+
+    Returns the UNet the adapter was taken from.
+    """
+    from peft import LoraConfig
+
+    from cvvae.pipelines.adapters import AdapterInfo, add_lora, save_adapter
+    from cvvae.pipelines.tiny import tiny_svd_unet
+
+    unet = tiny_svd_unet(seed=0)
+    torch.manual_seed(1)
+    if "lora" in mode:
+        add_lora(unet, LoraConfig(**LORA))
+    if "conv_out" in mode:
+        with torch.no_grad():
+            unet.conv_out.weight.add_(0.05 * torch.randn_like(unet.conv_out.weight))
+    info = AdapterInfo(mode=mode, peft_config=LoraConfig(**LORA) if "lora" in mode else None, base_unet="tiny", step=7)
+    save_adapter(folder, unet, info)
+    return unet

@@ -6,23 +6,19 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig
+from conftest import make_adapter
 
 from cvvae.errors import InputError
 from cvvae.pipelines.adapters import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     AdapterInfo,
-    add_lora,
     apply_adapter,
     load_adapter_info,
     merge_adapter,
     remove_adapter,
-    save_adapter,
 )
 from cvvae.pipelines.tiny import tiny_svd_unet
-
-LORA = dict(r=4, lora_alpha=4, target_modules=["to_q", "to_v"], init_lora_weights=False)
 
 
 def _unet():
@@ -35,20 +31,6 @@ def _forward(unet):
     emb = torch.randn(1, 1, 32, generator=g)
     with torch.no_grad():
         return unet(x, torch.tensor([1.0]), emb, torch.tensor([[6.0, 127.0, 0.02]])).sample
-
-
-def make_adapter(folder, mode="lora+conv_out"):
-    """A trained-looking adapter: random LoRA tensors and a perturbed conv_out."""
-    unet = _unet()
-    torch.manual_seed(1)
-    if "lora" in mode:
-        add_lora(unet, LoraConfig(**LORA))
-    if "conv_out" in mode:
-        with torch.no_grad():
-            unet.conv_out.weight.add_(0.05 * torch.randn_like(unet.conv_out.weight))
-    info = AdapterInfo(mode=mode, peft_config=LoraConfig(**LORA) if "lora" in mode else None, base_unet="tiny", step=7)
-    save_adapter(folder, unet, info)
-    return unet
 
 
 @pytest.mark.parametrize("mode", ["conv_out", "lora", "lora+conv_out"])

@@ -11,7 +11,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from app.__main__ import choose_preset, parse_args, parse_components, weights_reachable
+from app.__main__ import choose_preset, parse_args, weights_reachable
 from app.handlers import (
     ADAPTER_NONE,
     NANO_NOTICE,
@@ -25,6 +25,7 @@ from app.handlers import (
 from app.ui import EXAMPLES, GPU_QUEUE, QUEUE_SIZE, build_demo, launch
 from cvvae.errors import InputError
 from cvvae.loading import RANDOM_WEIGHTS_NOTICE
+from cvvae.pipelines.presets import parse_components
 from cvvae.video import probe, read_video
 
 CLIP = EXAMPLES / "coffee_pan.mp4"
@@ -83,6 +84,8 @@ def test_component_options_parse_and_reject_malformed():
     assert parse_components(["svd=/models/svd-xt", "cvvae = /m/cv"]) == {"svd": "/models/svd-xt", "cvvae": "/m/cv"}
     with pytest.raises(InputError, match="NAME=PATH"):
         parse_components(["svd"])
+    with pytest.raises(InputError, match="unknown component 'unet'"):
+        parse_components(["unet=/x"])
 
 
 def test_cli_defaults_are_local_and_tiny_without_cuda():
@@ -110,8 +113,9 @@ def test_weights_reachable_online_or_cached(monkeypatch):
 
 # ---- handlers with the tiny preset -------------------------------------------------------------------
 def test_reconstruct_handler_writes_side_by_side_and_metrics(handlers):
+    model_tiling = handlers.vae().tiling
     video, files, info = handlers.reconstruct(str(CLIP), 5, "128", "8/128")
-    assert handlers.vae().tiling.frames_per_window == 8 and handlers.vae().tiling.tile_size == 128
+    assert handlers.vae().tiling == model_tiling  # the choice applies to this request only
     assert video in files and len(files) == 2 and all(f.startswith(str(handlers.config.outputs)) for f in files)
     meta = json.loads(open(files[1]).read())
     assert meta["frames"] == 5 and meta["side_by_side"] is True and np.isfinite(meta["psnr"])
@@ -123,9 +127,9 @@ def test_reconstruct_handler_writes_side_by_side_and_metrics(handlers):
     # the tiny preset reconstructs with the trained toy model, and says so (not "random weights")
     assert NANO_NOTICE in info and RANDOM_WEIGHTS_NOTICE not in info and meta["model"] == "nano"
     assert meta["psnr"] > 12  # trained toy weights: ~15 dB here; random tiny weights give ~9 dB
-    assert meta["tiling"]["frames_per_window"] == 8
-    handlers.reconstruct(str(CLIP), 1, "128", "default")  # back to the model's own tiling
-    assert handlers.vae().tiling == handlers._vae_tiling
+    assert meta["tiling"]["frames_per_window"] == 8 and meta["tiling"]["tile_size"] == 128
+    _, files, _ = handlers.reconstruct(str(CLIP), 1, "128", "off")
+    assert json.loads(open(files[1]).read())["tiling"]["enabled"] is False
 
 
 def test_handlers_refuse_bad_input_with_actionable_errors(handlers, tmp_path):
@@ -137,7 +141,7 @@ def test_handlers_refuse_bad_input_with_actionable_errors(handlers, tmp_path):
         handlers.reconstruct(str(bad), 5, "128", "off")
     with pytest.raises(gr.Error, match="upload an image"):
         handlers.image_to_video(None, 0, 2, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
-    with pytest.raises(gr.Error, match="min guidance"):
+    with pytest.raises(gr.Error, match="min_guidance"):
         handlers.image_to_video(str(IMAGE), 0, 2, 4.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
     with pytest.raises(gr.Error, match="prompt"):
         handlers.text_to_video("   ", "", "animatediff", 0, 2, 7.5, 8, 2, "64x64", "off")

@@ -6,13 +6,12 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import CLIP
 
 from cvvae.errors import InputError
 from finetune.config import ConfigError, load_config
-from tests.conftest import VIDEOS
 
 BASE = [
     "model.base=tiny",
@@ -31,18 +30,12 @@ BASE = [
 
 
 def _write_clips(folder: Path) -> None:
-    """Two short clips (cut from the shared real videos when present, else synthetic) + one corrupt file."""
+    """Two short clips cut from a real one + one corrupt file."""
     from cvvae.video import read_video, write_video
 
     folder.mkdir(parents=True)
-    real = sorted(VIDEOS.glob("*.mp4"))[:2] if VIDEOS.is_dir() else []
     for i in range(2):
-        if len(real) == 2:
-            frames, fps = read_video(real[i], num_frames=8, size=(72, 96))
-        else:
-            t = np.arange(8)[:, None, None, None]
-            frames = ((np.indices((72, 96)).sum(0)[None, ..., None] * (i + 1) + 9 * t) % 256).repeat(3, -1)
-            frames, fps = frames.astype(np.uint8), 24.0
+        frames, fps = read_video(CLIP, start=12 * i, num_frames=8, size=(72, 96))
         write_video(folder / f"clip{i}.mp4", frames, fps)
     (folder / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
 
@@ -77,9 +70,12 @@ def test_cache_manifest_and_report(cache):
     assert manifest["models"] == {"base_unet": "tiny", "cvvae": "tiny"}
     report = json.loads((root / "cache" / "report.json").read_text())
     assert [Path(s["source"]).name for s in report["skipped"]] == ["corrupt.mp4"]
-    item = LatentCache(root / "cache")[1]
-    assert item["latents_mean"].shape == (4, 2, 8, 8) and item["cond_latent"].shape == (4, 8, 8)
+    cache = LatentCache(root / "cache")
+    item = cache[1]
+    assert item["latents_mean"].shape == (4, 2, 8, 8) and item["cond_pixels"].shape == (3, 64, 64)
+    assert item["cond_pixels"].dtype == torch.uint8
     assert item["image_embeds"].shape == (1, 32) and torch.isfinite(item["latents_logvar"]).all()
+    assert cache.scaling.scaling_factor == 0.18215 and cache.scaling.shift_factor == 0
 
 
 def test_cache_refuses_other_settings(cache):
@@ -92,14 +88,71 @@ def test_cache_refuses_other_settings(cache):
         build_cache(cfg.data, {}, model_ids(cfg.model))
 
 
+def test_training_conditioning_equals_generation(cache):
+    """The image latent and CLIP embedding the objective builds equal what the SVD pipeline feeds its UNet."""
+    from PIL import Image
+
+    from cvvae.pipelines.svd import CVVAEVideoPipeline
+    from cvvae.pipelines.tiny import build_tiny_svd
+    from finetune.data import LatentCache
+    from finetune.objective import conditioning_latent
+
+    root, _ = cache
+    item = LatentCache(root / "cache")[0]
+    pipe = CVVAEVideoPipeline(**build_tiny_svd())
+    pipe.set_progress_bar_config(disable=True)
+    seen = {}
+    unet_forward = pipe.unet.forward
+
+    def record(sample, t, encoder_hidden_states, added_time_ids, **kw):
+        seen.setdefault("cond", sample[1:, :1, 4:])  # CFG batch [uncond, cond]; image latent channels
+        seen.setdefault("embeds", encoder_hidden_states[1:])
+        seen.setdefault("ids", added_time_ids[1:])
+        return unet_forward(sample, t, encoder_hidden_states, added_time_ids, **kw)
+
+    pipe.unet.forward = record
+    image = Image.fromarray(item["cond_pixels"].permute(1, 2, 0).numpy())
+    strength = 0.1
+    pipe(image, num_latent_frames=2, height=64, width=64, num_inference_steps=1, fps=24, noise_aug_strength=strength,
+         generator=torch.Generator().manual_seed(5), output_type="latent")  # fmt: skip
+    noise = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))  # the pipeline's first draw
+    with torch.no_grad():
+        train_cond = conditioning_latent(pipe.vae, item["cond_pixels"][None], torch.tensor([strength]), noise)
+    torch.testing.assert_close(train_cond, seen["cond"][:, 0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(item["image_embeds"][None], seen["embeds"], atol=1e-5, rtol=1e-4)
+    from cvvae.pipelines.conditioning import fps_id, time_ids
+
+    torch.testing.assert_close(time_ids(fps_id(24.0), 127, torch.tensor([strength])), seen["ids"].float())
+    # latent noise of the old objective is not what inference does: pixel noise moves the latent differently
+    assert (train_cond - conditioning_latent(pipe.vae, item["cond_pixels"][None], 0.0, noise)).abs().max() > 1e-3
+
+
+def test_cache_tiling_flag_means_what_it_says(cache, tmp_path):
+    from tqdm import tqdm
+
+    from finetune import data
+    from finetune.models import load_encoders
+
+    root, _ = cache
+    enc = load_encoders(_cfg(root).model)
+    enc["vae"].enable_tiling(frames_per_window=4, tile_size=32)  # a model whose own settings tile
+    seen, encode = [], enc["vae"].encode
+    enc["vae"].encode = lambda x, tiling=None: seen.append(tiling) or encode(x, tiling=tiling)
+    for flag, expected in (("false", {"enabled": False}), ("true", {})):
+        cfg = _cfg(root, f"data.videos={root / 'videos'}", f"data.tiling={flag}")
+        clips, _ = data.plan_clips(data.list_sources(cfg.data.videos), cfg.data)
+        data._write_shard(tmp_path / f"{flag}.safetensors", clips[:1], cfg.data, enc, tqdm(disable=True))
+        assert seen[-1] == expected
+
+
 def test_conv_out_mode_changes_only_conv_out(cache):
-    from finetune.train import TrainState, _loop, build_training
+    from finetune.trainer import TrainState, _loop, build_training
 
     root, _ = cache
     cfg = _cfg(root, f"train.output_dir={root / 'iso'}", "train.max_steps=2", "train.checkpoint_every=100")
-    accelerator, unet, opt, sched, loader, _, peft = build_training(cfg)
+    accelerator, unet, vae, opt, sched, loader, _, peft = build_training(cfg)
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    loss = _loop(cfg, accelerator, unet, opt, sched, loader, TrainState())
+    loss = _loop(cfg, accelerator, unet, vae, opt, sched, loader, TrainState())
     assert math.isfinite(loss) and peft is None
     after = unet.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -108,7 +161,7 @@ def test_conv_out_mode_changes_only_conv_out(cache):
 
 @pytest.mark.parametrize("mode", ["lora", "lora+conv_out"])
 def test_lora_modes_train(cache, mode):
-    from finetune.train import train
+    from finetune.trainer import train
 
     root, _ = cache
     out = root / f"run-{mode}"
@@ -125,7 +178,7 @@ def test_lora_modes_train(cache, mode):
 def test_kill_and_resume_matches_straight_run(cache):
     from safetensors.torch import load_file
 
-    from finetune.train import list_checkpoints, train
+    from finetune.trainer import list_checkpoints, train
 
     root, _ = cache
     steps = ["train.max_steps=3", "train.checkpoint_every=2", "train.keep_checkpoints=1"]
@@ -191,7 +244,7 @@ def test_cli_bad_config_exit_code(tmp_path, capsys):
 @pytest.mark.slow
 def test_evaluate_and_training_samples(cache):
     from finetune.evaluate import EvalSettings, evaluate
-    from finetune.train import train
+    from finetune.trainer import train
 
     root, _ = cache
     out = root / "sampled"

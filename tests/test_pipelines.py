@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_adapter
 from PIL import Image
 
 from cvvae.errors import InputError
 from cvvae.loading import RANDOM_WEIGHTS_NOTICE
 from cvvae.pipelines.api import GenerationSettings, generate
-from cvvae.pipelines.svd import fps_conditioning
+from cvvae.pipelines.conditioning import fps_id
 
 SF = 0.18215
 RUN = dict(height=64, width=64, num_inference_steps=2)
@@ -105,12 +106,19 @@ def test_svd_frames_scaling_and_fps(svd, image):
 
 
 def test_fps_rule():
-    assert fps_conditioning(28) == 6  # SVD's default fps 7 for 4x the frames
-    assert fps_conditioning(24) == 5
-    assert fps_conditioning(2) == 0
-    assert fps_conditioning(24, override=9) == 9
-    with pytest.raises(InputError):
-        fps_conditioning(0)
+    assert fps_id(28) == 6  # SVD's default id (7 fps - 1) for 4x the frames
+    assert fps_id(24) == 5 and fps_id(6) == 0.5 and fps_id(10) == 1.5  # the real rate, no rounding
+    assert fps_id(2) == 0  # floored at 0
+    for bad in (0, -3, float("nan")):
+        with pytest.raises(InputError):
+            fps_id(bad)
+
+
+def test_presets_default_to_svds_own_fps_id():
+    from cvvae.pipelines.presets import PRESETS
+
+    for name in ("svd-xt", "svd", "sd21"):
+        assert fps_id(PRESETS[name].defaults("svd").fps) == 6
 
 
 def test_svd_seed_and_native_vae(svd, image):
@@ -121,6 +129,10 @@ def test_svd_seed_and_native_vae(svd, image):
     assert (a - c).abs().max() > 1e-3
     native = svd(image, num_latent_frames=2, fps=28, output_type="np", vae="native", generator=_gen(1), **RUN)
     assert native.frames.shape == (1, 2, 64, 64, 3) and native.fps == 7
+    with Recorder(svd.native_vae, "decode") as dec:  # windows of 4 frames: 4 latents (one frame each) at a time
+        svd.decode_video(torch.zeros(1, 5, 4, 8, 8), vae="native", tiling="4")  # [B, n, C, h, w]
+        svd.decode_video(torch.zeros(1, 5, 4, 8, 8), vae="native")
+    assert [c[1]["num_frames"] for c in dec.calls] == [4, 1, 5]
 
 
 def test_animatediff_frames_and_scaling(animatediff):
@@ -136,8 +148,6 @@ def test_animatediff_frames_and_scaling(animatediff):
 
 
 def test_adapter_changes_output_deterministically(svd, image, tmp_path):
-    from tests.test_adapters import make_adapter
-
     make_adapter(tmp_path / "ad")
     from cvvae.pipelines.adapters import apply_adapter, remove_adapter
 

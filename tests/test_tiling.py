@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CLIP
 
-from cvvae.tiling import TilingSettings, ramp_weights, spans
+from cvvae.errors import InputError
+from cvvae.tiling import TILING_SPECS, TilingSettings, ramp_weights, spans, tiling_changes
 
 
 @pytest.mark.parametrize("length, size, overlap", [(10, 4, 1), (13, 5, 2), (7, 7, 2), (3, 8, 2), (40, 9, 3)])
@@ -42,8 +44,20 @@ def test_blend_is_symmetric():
     ],
 )
 def test_bad_settings_are_rejected(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError):
         TilingSettings(**kwargs)
+
+
+def test_tiling_choices_of_the_front_ends():
+    assert tiling_changes("default") == tiling_changes(None) == {}
+    assert tiling_changes("off") == {"enabled": False}
+    assert tiling_changes("8") == {"enabled": True, "frames_per_window": 8}
+    assert tiling_changes("8/256") == {"enabled": True, "frames_per_window": 8, "tile_size": 256}
+    for spec in TILING_SPECS:
+        TilingSettings().replace(**tiling_changes(spec))
+    for bad in ("7", "8/100", "fast", "8/"):
+        with pytest.raises(InputError):
+            tiling_changes(bad)
 
 
 def _clip(frames=17, height=48, width=64):
@@ -63,23 +77,17 @@ def nano():
 
 
 def _real_clip(frames, height, width):
-    """A real photograph panned by a camera (repo asset, so the test never depends on ../shared)."""
-    from conftest import REPO
-
+    """A real photograph panned by a camera."""
     from cvvae.video import frames_to_tensor, read_video
 
-    path = REPO / "assets" / "examples" / "coffee_pan.mp4"
-    return frames_to_tensor(read_video(path, num_frames=frames, size=(height, width))[0])
+    return frames_to_tensor(read_video(CLIP, num_frames=frames, size=(height, width))[0])
 
 
 def _run(model, x, **settings):
-    if settings:
-        model.enable_tiling(**settings)
-    else:
-        model.disable_tiling()
+    tiling = {"enabled": True, **settings} if settings else {"enabled": False}
     with torch.no_grad():
-        z = model.encode(x).latent_dist.mean
-        return z, model.decode(z).sample
+        z = model.encode(x, tiling=tiling).latent_dist.mean
+        return z, model.decode(z, tiling=tiling).sample
 
 
 # Bounds from benchmarks/tiling_accuracy.py-style measurements on the nano model (latent |z| ~1.2,

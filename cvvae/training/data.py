@@ -10,35 +10,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+from ..video import VIDEO_SUFFIXES, frames_to_tensor, iter_frames, resize_short_side
 
 
 def _read_small(path: Path, short_side: int) -> np.ndarray:
-    """All frames of ``path`` as uint8 ``[T, H, W, 3]`` with short side ``short_side``."""
-    import av
-    import cv2
-
-    frames = []
-    try:
-        with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                img = frame.to_ndarray(format="rgb24")
-                h, w = img.shape[:2]
-                scale = short_side / min(h, w)
-                size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
-                frames.append(cv2.resize(img, size, interpolation=cv2.INTER_AREA))
-    except (av.error.FFmpegError, OSError) as err:
-        raise InputError(f"cannot read video {path}: {err}") from err
-    if not frames:
-        raise InputError(f"video {path} has no frames")
-    return np.stack(frames)
+    """All frames of ``path`` as uint8 ``[T, H, W, 3]`` with short side ``short_side`` (resized as decoded)."""
+    return np.stack(list(iter_frames(path, transform=partial(resize_short_side, short_side=short_side))))
 
 
 def list_videos(folder: str | Path) -> list[Path]:
@@ -76,11 +60,6 @@ def split_clip(clip: np.ndarray, holdout: float) -> tuple[np.ndarray, np.ndarray
     return clip[: len(clip) - n_eval], clip[len(clip) - n_eval :]
 
 
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 ``[T, H, W, 3]`` -> float ``[3, T, H, W]`` in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
-
-
 @dataclass
 class CropSampler:
     """Random ``size x size`` crops of ``frames`` consecutive frames (stride ``stride``) from clips."""
@@ -108,5 +87,5 @@ class CropSampler:
             crop = clip[t0 : t0 + span : self.stride, y0 : y0 + self.size, x0 : x0 + self.size]
             if rng.random() < 0.5:
                 crop = crop[:, :, ::-1]
-            out.append(to_tensor(crop))
+            out.append(frames_to_tensor(np.ascontiguousarray(crop))[0])  # [3, T, S, S]
         return torch.stack(out)

@@ -19,7 +19,8 @@ import torch
 from .. import metrics
 from ..errors import InputError
 from ..outputs import write_json_atomic
-from .data import load_clips, split_clip, to_tensor
+from ..video import frames_to_tensor
+from .data import load_clips, split_clip
 from .losses import batch_to_frames, frames_to_batch, map_frames
 
 
@@ -100,7 +101,7 @@ def held_out_windows(videos: str, short_side: int, frames: int, holdout: float, 
         starts = list(range(0, len(tail) - frames + 1, frames))[:per_clip]
         if not starts:
             raise InputError(f"the held-out part of a clip has {len(tail)} frames, fewer than {frames}")
-        out += [to_tensor(tail[s : s + frames, :h, :w])[None] for s in starts]
+        out += [frames_to_tensor(np.ascontiguousarray(tail[s : s + frames, :h, :w])) for s in starts]
     return out
 
 
@@ -125,9 +126,9 @@ def to_markdown(results: dict, mapping: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from ..model import CVVAEModel
-    from .train import load_frozen_vae2d
+    from .trainer import load_frozen_vae2d
 
-    p = argparse.ArgumentParser(prog="python -m cvvae.train evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m cvvae.training evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", required=True, help="NAME=FOLDER of a CVVAEModel (repeatable)")
     p.add_argument("--vae2d", required=True, help="the frozen 2-D VAE folder (diffusers AutoencoderKL)")
     p.add_argument("--videos", default="../shared/data/videos")

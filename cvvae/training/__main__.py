@@ -1,19 +1,17 @@
-"""``python -m cvvae.train --config CONFIG.yaml [key=value ...]`` and ``python -m cvvae.train evaluate ...``."""
+"""``python -m cvvae.training --config CONFIG.yaml [key=value ...]`` and ``python -m cvvae.training evaluate ...``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..errors import UserError
-
 
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m cvvae.train",
+        prog="python -m cvvae.training",
         description="Train CV-VAE with latent regularisation (or its small 2-D reference VAE). "
         "Re-running the same command resumes from the newest checkpoint in output_dir. "
-        "Use `python -m cvvae.train evaluate --help` for the compatibility evaluation.",
+        "Use `python -m cvvae.training evaluate --help` for the compatibility evaluation.",
     )
     p.add_argument("--config", help="YAML config (see cvvae/training/configs/)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. loss.mapping=slice steps=200")
@@ -23,7 +21,7 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def _train(argv: list[str]) -> int:
     from .config import load_config
-    from .train import Trainer
+    from .trainer import Trainer
 
     args = _train_parser().parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -32,13 +30,15 @@ def _train(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv and argv[0] == "evaluate":
-            from .evaluate import main as evaluate_main
+    from ..cli import run_command
 
-            return evaluate_main(argv[1:])
-        return _train(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "evaluate":
+        from .evaluate import main as evaluate_main
+
+        return run_command(lambda: evaluate_main(argv[1:]))
+    return run_command(lambda: _train(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

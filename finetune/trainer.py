@@ -22,7 +22,7 @@ from cvvae.outputs import write_json_atomic
 
 from .config import FinetuneConfig
 from .data import LatentCache
-from .models import load_unet, model_ids, setup_trainable, trainable_parameters
+from .models import adapter_info, load_cvvae, load_unet, model_ids, setup_trainable, trainable_parameters
 from .objective import edm_loss
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,8 @@ def _check_cache(dataset: LatentCache, cfg: FinetuneConfig) -> None:
 
 
 def build_training(cfg: FinetuneConfig):
-    """Accelerator, UNet (mode applied), optimizer, LR scheduler and data loader, prepared by accelerate."""
+    """Accelerator, UNet (mode applied), optimizer, LR scheduler and data loader, prepared by accelerate,
+    plus the frozen CV-VAE that encodes the conditioning frames."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
@@ -157,14 +158,15 @@ def build_training(cfg: FinetuneConfig):
         dataset, batch_size=t.batch_size, shuffle=True, drop_last=True, num_workers=t.num_workers
     )
     unet, optimizer, loader, scheduler = accelerator.prepare(unet, optimizer, loader, scheduler)
-    return accelerator, unet, optimizer, scheduler, loader, dataset, peft_config
+    vae = load_cvvae(cfg.model, device=accelerator.device, dtype=weight_dtype)
+    return accelerator, unet, vae, optimizer, scheduler, loader, dataset, peft_config
 
 
 def train(cfg: FinetuneConfig, resume: str | None = None) -> dict:
     """Run (or resume) training; returns a summary with the final step, last loss and the adapter folder."""
     t, out = cfg.train, cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    accelerator, unet, optimizer, scheduler, loader, dataset, peft_config = build_training(cfg)
+    accelerator, unet, vae, optimizer, scheduler, loader, dataset, peft_config = build_training(cfg)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     _register_hooks(accelerator, unet)
@@ -177,7 +179,7 @@ def train(cfg: FinetuneConfig, resume: str | None = None) -> dict:
         write_json_atomic(out / "peft_config.json", {"mode": t.mode, "peft_config": peft_config})
     if t.report_to != "none":
         accelerator.init_trackers("finetune", config={k: str(v) for k, v in _flat(cfg.to_dict()).items()})
-    loss_value = _loop(cfg, accelerator, unet, optimizer, scheduler, loader, state)
+    loss_value = _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state)
     adapter = None
     if state.step >= t.max_steps:
         adapter = save_final(cfg, accelerator, unet, peft_config, dataset, state.step)
@@ -185,10 +187,11 @@ def train(cfg: FinetuneConfig, resume: str | None = None) -> dict:
     return {"step": state.step, "loss": loss_value, "adapter": str(adapter) if adapter else None}
 
 
-def _loop(cfg, accelerator, unet, optimizer, scheduler, loader, state: TrainState) -> float:
+def _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state: TrainState) -> float:
     from tqdm.auto import tqdm
 
     t, out = cfg.train, cfg.output_dir
+    scaling = LatentCache(cfg.data.cache_dir).scaling
     stop = t.stop_after or t.max_steps
     params = [p for p in unet.parameters() if p.requires_grad]
     bar = tqdm(total=t.max_steps, initial=state.step, desc="training", disable=not accelerator.is_local_main_process)
@@ -199,7 +202,7 @@ def _loop(cfg, accelerator, unet, optimizer, scheduler, loader, state: TrainStat
         for batch in batches:
             gen = micro_generator(t.seed, accelerator.process_index, state.micro)
             with accelerator.accumulate(unet):
-                loss = edm_loss(unet, batch, t, gen)
+                loss = edm_loss(unet, vae, batch, t, scaling, gen)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, t.max_grad_norm)
@@ -235,22 +238,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
     for k, v in d.items():
         flat.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
     return flat
-
-
-def adapter_info(cfg: FinetuneConfig, peft_config, data: dict, step: int):
-    from cvvae.pipelines.adapters import AdapterInfo
-
-    ids = model_ids(cfg.model)
-    extra = {"train": {k: v for k, v in cfg.to_dict()["train"].items() if k != "output_dir"}}
-    return AdapterInfo(
-        mode=cfg.train.mode,
-        peft_config=peft_config,
-        base_unet=ids["base_unet"],
-        cvvae=ids["cvvae"],
-        step=step,
-        data=data,
-        extra=extra,
-    )
 
 
 def save_final(cfg, accelerator, unet, peft_config, dataset, step: int) -> Path | None:

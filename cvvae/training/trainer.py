@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import TrainConfig, config_to_dict
+from .config import VAETrainConfig, config_to_dict
 from .data import CropSampler, load_clips, split_clip
 from .discriminator import PatchDiscriminator3D
 from .losses import adaptive_weight, decoder_side_reg, encoder_side_reg, hinge_d_loss, kl_loss
@@ -31,7 +31,7 @@ from .losses import adaptive_weight, decoder_side_reg, encoder_side_reg, hinge_d
 VAE2D_BLOCKS = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
 
 
-def build_vae2d(cfg: TrainConfig):
+def build_vae2d(cfg: VAETrainConfig):
     from diffusers import AutoencoderKL
 
     with torch.random.fork_rng():
@@ -51,7 +51,7 @@ def load_frozen_vae2d(folder: str):
 class GeneratorLoss(nn.Module):
     """Holds the trainable VAE and the frozen helpers; ``forward`` returns the generator losses."""
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, vae2d: nn.Module | None, lpips: nn.Module | None):
+    def __init__(self, cfg: VAETrainConfig, model: nn.Module, vae2d: nn.Module | None, lpips: nn.Module | None):
         super().__init__()
         self.cfg, self.model, self.vae2d, self.lpips = cfg, model, vae2d, lpips
 
@@ -95,9 +95,9 @@ def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
 
 
 class Trainer:
-    """Builds everything from a ``TrainConfig``; ``run()`` trains to ``cfg.steps`` (resuming if it can)."""
+    """Builds everything from a ``VAETrainConfig``; ``run()`` trains to ``cfg.steps`` (resuming if it can)."""
 
-    def __init__(self, cfg: TrainConfig, stop_after: int | None = None) -> None:
+    def __init__(self, cfg: VAETrainConfig, stop_after: int | None = None) -> None:
         from accelerate import Accelerator
 
         self.cfg, self.stop_after = cfg, stop_after
@@ -307,13 +307,12 @@ class Trainer:
     def write_sample(self) -> Path:
         """mp4 of a held-out clip: input | 3-D reconstruction | frozen 2-D decoder on 3-D latents."""
         from .. import video
-        from .data import to_tensor
         from .losses import batch_to_frames, frames_to_batch
 
         d = self.cfg.data
         clip = split_clip(load_clips(d.videos, d.short_side, d.cache_dir)[0], d.holdout)[1]
         frames = clip[: 1 + 4 * ((min(len(clip), 33) - 1) // 4)]
-        x = to_tensor(frames)[None].to(self.acc.device)  # (1, 3, T, H, W)
+        x = video.frames_to_tensor(np.ascontiguousarray(frames)).to(self.acc.device)  # (1, 3, T, H, W)
         model = self.acc.unwrap_model(self.model).eval()
         z = model.encode(x).latent_dist.mode()
         recon = model.decode(z).sample[:, :, : x.shape[2], : x.shape[3], : x.shape[4]]

@@ -1,0 +1,80 @@
+"""Where weights come from: the released repository, local folders, and errors that say how to get them.
+
+This module knows no model class, so the model, the loaders and every front end can import it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ModelLoadError
+
+CVVAE_HUB_ID = "AILab-CVC/CV-VAE"
+CVVAE_SUBFOLDERS = ("vae3d_v1-1", "vae3d")  # the SD 2.1 / SVD-compatible releases, newest first
+DEFAULT_SUBFOLDER = CVVAE_SUBFOLDERS[0]
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+
+
+def default_subfolder(model: str, subfolder: str | None) -> str | None:
+    """The released repository without a subfolder means its newest SD 2.1 / SVD model."""
+    return subfolder or (DEFAULT_SUBFOLDER if str(model) == CVVAE_HUB_ID else None)
+
+
+def model_label(model: str, subfolder: str | None = None) -> str:
+    """How outputs name a model: ``AILab-CVC/CV-VAE/vae3d_v1-1``, ``nano``, ``/models/cvvae``."""
+    subfolder = default_subfolder(model, subfolder)
+    return str(model) + (f"/{subfolder}" if subfolder else "")
+
+
+def is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def looks_local(name: str | os.PathLike) -> bool:
+    """A path rather than a hub id: absolute, relative with ``./``/``../``, or existing on disk."""
+    text = str(name)
+    return os.path.isabs(text) or text.startswith((".", "~")) or Path(text).exists()
+
+
+def download_hint(model_id: str, subfolder: str | None = None) -> str:
+    """The command that fetches ``model_id`` into the Hugging Face cache (``hf`` ships with huggingface_hub)."""
+    include = f' --include "{subfolder}/*"' if subfolder else ""
+    return f"hf download {model_id}{include}"
+
+
+def check_local_weights(folder: Path, allow_pickle: bool) -> None:
+    """Fail early and clearly on a local folder that holds no loadable model."""
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(
+            f"{folder} holds no config.json, so it is not a model folder "
+            f"(for the released weights use {CVVAE_HUB_ID} with subfolder {DEFAULT_SUBFOLDER}, "
+            "or a folder saved by save_pretrained)"
+        )
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if pickles and not allow_pickle:
+        raise ModelLoadError(
+            f"{folder} only has pickle weights ({', '.join(pickles)}); unpickling can run arbitrary code, so it is "
+            "refused. Convert them to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the file"
+        )
+    if not pickles:
+        raise ModelLoadError(f"{folder} holds no weights (*.safetensors) next to its config.json")
+
+
+def hub_error(model_id: str, subfolder: str | None, err: Exception) -> ModelLoadError:
+    """An actionable message for weights that could not be found in the cache or on the hub."""
+    where = model_id + (f" (subfolder {subfolder})" if subfolder else "")
+    reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" if str(err) else type(err).__name__
+    if looks_local(model_id):
+        return ModelLoadError(f"could not load {where}: the folder does not hold a loadable model ({reason})")
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    how = "HF_HUB_OFFLINE is set, so nothing is downloaded" if is_offline() else "it could not be downloaded"
+    return ModelLoadError(
+        f"could not load {where}: {how}. Run `{download_hint(model_id, subfolder)}` on a machine with network "
+        f"access (the cache is {cache}), or pass a local folder that holds config.json and the safetensors "
+        f"weights ({reason})"
+    )
