@@ -18,6 +18,8 @@ REAL_WEIGHTS_HINT = (
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from cvvae.cli import add_pipeline_options
+
     p = argparse.ArgumentParser(prog="python -m app", description="The CV-VAE web demo (Gradio).")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -29,21 +31,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--outputs", type=Path, default=Path("outputs"), help="folder for results (default ./outputs)")
     p.add_argument("--adapters", type=Path, default=None, help="folder of fine-tuned adapters to offer (optional)")
     p.add_argument(
-        "--component",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="replace a model of the preset by a local folder or hub id (cvvae, svd, sd21, sd15, motion_adapter); "
-        "repeatable",
-    )
-    p.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs (small GPUs)")
-    p.add_argument(
         "--cvvae",
         default=None,
         help="CV-VAE for the Reconstruct tab: hub id, folder, 'nano' or 'tiny' "
         "(default: the released model; 'nano' on the tiny preset)",
     )
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_pipeline_options(p)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     return p.parse_args(argv)
 
@@ -106,6 +99,7 @@ def make_handlers(args: argparse.Namespace):
         notice=notice,
         components=components,
         cpu_offload=args.cpu_offload,
+        cvvae_subfolder=args.cvvae_subfolder,
     )
     return Handlers(config)
 

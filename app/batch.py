@@ -160,23 +160,14 @@ def run_batch(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cvvae.hub import CVVAE_SUBFOLDERS, DEFAULT_SUBFOLDER
-    from cvvae.pipelines.presets import COMPONENT_KEYS, PRESETS
+    from cvvae.cli import add_pipeline_options
+    from cvvae.pipelines.presets import PRESETS
 
     p = argparse.ArgumentParser(prog="python -m app.batch", description=__doc__.split("\n\n")[0])
     p.add_argument("jobs", help="JSON Lines file: one job per line (id, mode, prompt or image, settings)")
     p.add_argument("--out-dir", required=True, help="folder for <id>.mp4, <id>.json and results.jsonl")
     p.add_argument("--preset", choices=sorted(PRESETS), default="svd-xt", help="models and defaults for every job")
-    p.add_argument("--device", default=None, help="default: cuda if available (each process its own GPU)")
-    p.add_argument("--cpu-offload", action="store_true")
-    p.add_argument("--cvvae-subfolder", choices=CVVAE_SUBFOLDERS, default=DEFAULT_SUBFOLDER)
-    p.add_argument(
-        "--component",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help=f"replace a model by a local folder or hub id ({', '.join(COMPONENT_KEYS)}); repeatable",
-    )
+    add_pipeline_options(p)  # --device (each process takes its own GPU under accelerate), --component, ...
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -53,6 +53,7 @@ class AppConfig:
     notice: str = ""  # shown at the top of the page (random weights, CPU, ...)
     components: dict = field(default_factory=dict)  # local folders / hub ids replacing the preset's models
     cpu_offload: bool = False
+    cvvae_subfolder: str = DEFAULT_SUBFOLDER  # of the released repository (generation and Reconstruct)
 
     def __post_init__(self):
         self.outputs = Path(self.outputs).resolve()
@@ -235,6 +236,7 @@ class Handlers:
                     preset=self.config.preset,
                     device=self.config.device,
                     cpu_offload=self.config.cpu_offload,
+                    cvvae_subfolder=self.config.cvvae_subfolder,
                     components=self.config.components or None,
                     callback_on_step_end=callback,
                 )
@@ -371,7 +373,7 @@ class Handlers:
         name = self.config.cvvae or self.config.components.get("cvvae")
         if name:
             return name, None
-        return ("nano", None) if self.config.random_weights else (CVVAE_HUB_ID, DEFAULT_SUBFOLDER)
+        return ("nano", None) if self.config.random_weights else (CVVAE_HUB_ID, self.config.cvvae_subfolder)
 
     # ---- comparison -----------------------------------------------------------------------------
     def compare(

@@ -67,7 +67,8 @@ def reconstruct_file(
 ) -> dict:
     """Reconstruct a video file into an H.264 mp4 (+ JSON sidecar), both written atomically.
 
-    Returns frames, height, width, fps, psnr, ssim, flicker (of the reconstruction and the input),
+    Returns frames, height, width, fps, psnr (mean of per-frame values), ssim, psnr_clip, flicker (of
+    the reconstruction, with the input's optical flow, and of the input itself),
     seconds (encode + decode time) and the paths written. ``side_by_side`` writes input | output.
     ``tiling`` overrides the model's tiling for this call (settings or a dict of changes).
     """
@@ -83,9 +84,10 @@ def reconstruct_file(
         "height": int(rec.shape[1]),
         "width": int(rec.shape[2]),
         "fps": float(fps),
-        "psnr": metrics.psnr(frames, rec),
+        "psnr": metrics.psnr(frames, rec),  # mean of per-frame PSNR
         "ssim": metrics.ssim(frames, rec),
-        "flicker": metrics.flicker(rec),
+        "psnr_clip": metrics.psnr_clip(frames, rec),  # one MSE over the clip
+        "flicker": metrics.flicker(rec, reference=frames),  # flow of the input
         "input_flicker": metrics.flicker(frames),
         "seconds": round(seconds, 3),
     }

@@ -220,7 +220,7 @@ DEFAULT_PRESET = {"i2v": "svd-xt", "t2v": "animatediff"}
 
 
 def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
-    from .pipelines.presets import COMPONENT_KEYS, PRESETS
+    from .pipelines.presets import PRESETS
 
     p.add_argument(
         "--out", required=True, help="output .mp4 (a .json sidecar with every setting is written next to it)"
@@ -251,8 +251,17 @@ def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
         metavar="CHOICE",
         help="CV-VAE decode tiling: default (the model's), off, N (frames per window) or N/P (and P-pixel tiles)",
     )
+    add_pipeline_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_generate, mode=mode)
+
+
+def add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """Where generation runs and which models it loads: shared by ``generate``, batch jobs and the web demo."""
+    from .pipelines.presets import COMPONENT_KEYS
+
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--cpu-offload", action="store_true", help="keep models on the CPU until used (small GPUs)")
+    p.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs (small GPUs)")
     p.add_argument("--cvvae-subfolder", choices=CVVAE_SUBFOLDERS, default=DEFAULT_SUBFOLDER, help="CV-VAE release")
     p.add_argument(
         "--component",
@@ -261,8 +270,6 @@ def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
         metavar="NAME=PATH",
         help=f"replace a model by a local folder or hub id ({', '.join(COMPONENT_KEYS)}); repeatable",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_generate, mode=mode)
 
 
 def _add_generate_parser(subparsers) -> None:

@@ -39,7 +39,7 @@ def looks_local(name: str | os.PathLike) -> bool:
 
 def download_hint(model_id: str, subfolder: str | None = None) -> str:
     """The command that fetches ``model_id`` into the Hugging Face cache (``hf`` ships with huggingface_hub)."""
-    include = f' --include "{subfolder}/*"' if subfolder else ""
+    include = f' --include "{subfolder}/*"' if subfolder else ""  # only that model of the repository
     return f"hf download {model_id}{include}"
 
 

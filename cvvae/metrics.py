@@ -31,12 +31,31 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+PSNR_CAP = 100.0  # dB for a frame identical to its reference, so means stay finite
+
+
+def _frame_psnr(x: np.ndarray, y: np.ndarray) -> float:
+    mse = cv2.norm(x, y, cv2.NORM_L2SQR) / x.size
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse))
+
+
+def psnr_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """PSNR in dB of every frame (data range 255; at most ``PSNR_CAP``)."""
+    a, b = _pair(a, b)
+    return np.array([_frame_psnr(x, y) for x, y in zip(a, b)])
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB over the whole clip (data range 255); ``inf`` if identical."""
+    """Mean of per-frame PSNR in dB (data range 255), the protocol video VAE papers report."""
+    return float(np.mean(psnr_per_frame(a, b)))
+
+
+def psnr_clip(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of one MSE over the whole clip (at most the per-frame mean; ``PSNR_CAP`` if identical)."""
     a, b = _pair(a, b)
     sse = sum(cv2.norm(x, y, cv2.NORM_L2SQR) for x, y in zip(a, b))  # per frame: no full-clip float copy
     mse = sse / a.size
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10.0 * math.log10(255.0**2 / mse))
 
 
 def _ssim_frame(x: np.ndarray, y: np.ndarray) -> float:
@@ -70,45 +89,85 @@ def frame_difference(frames: np.ndarray) -> float:
     return float(np.mean(diffs) / 255.0)
 
 
-def _downscale(frames: np.ndarray, max_side: int | None) -> np.ndarray:
+FLOW_MIN_SIDE = 32  # DIS optical flow needs a few patches: smaller clips are scaled up for it
+
+
+def _flow_scale(frames: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Resize frames so the flow is fast on HD clips (long side <= ``max_side``) and works on tiny ones."""
     h, w = frames.shape[1:3]
-    if not max_side or max(h, w) <= max_side:
+    scale = 1.0
+    if max_side and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+    if min(h, w) * scale < FLOW_MIN_SIDE:
+        scale = FLOW_MIN_SIDE / min(h, w)
+    if scale == 1.0:
         return frames
-    scale = max_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(f, size, interpolation=interp) for f in frames])
 
 
-def warping_error(frames: np.ndarray, max_side: int | None = 512) -> float:
-    """Mean absolute error (in [0, 1]) between each frame and its predecessor warped onto it.
+def _warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """``image`` sampled at ``x + flow(x)`` (backward warping, bilinear)."""
+    h, w = flow.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(image, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
-    The backward flow from frame ``t + 1`` to ``t`` comes from OpenCV's DIS optical flow on luma;
-    pixels whose source falls outside the frame are ignored. Motion that the flow explains costs
-    nothing, so what remains is flicker and temporal noise. Frames are downscaled to at most
-    ``max_side`` pixels (long side) first, to keep it fast on HD clips.
+
+def consistency_mask(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """Pixels of frame t whose motion is reliable (Ruder et al. 2016, as Lai et al. 2018 use it).
+
+    ``forward`` is the flow t -> t+1, ``backward`` t+1 -> t. A pixel is dropped where the two flows
+    disagree (occlusion), at motion boundaries, or where its match falls outside frame t+1.
     """
-    frames = _downscale(_clip(frames), max_side)
+    h, w = forward.shape[:2]
+    back = _warp(backward, forward)  # the backward flow at each pixel's match in t+1
+    gap = np.square(forward + back).sum(-1)
+    occluded = gap > 0.01 * (np.square(forward).sum(-1) + np.square(back).sum(-1)) + 0.5
+    du = np.stack(np.gradient(forward[..., 0]), -1)
+    dv = np.stack(np.gradient(forward[..., 1]), -1)
+    boundary = np.square(du).sum(-1) + np.square(dv).sum(-1) > 0.01 * np.square(forward).sum(-1) + 0.002
+    gx, gy = np.meshgrid(np.arange(w), np.arange(h))
+    tx, ty = gx + forward[..., 0], gy + forward[..., 1]
+    inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+    return ~occluded & ~boundary & inside
+
+
+def warping_error(frames: np.ndarray, reference: np.ndarray | None = None, max_side: int | None = 512) -> float:
+    """Lai et al. (2018)'s temporal warping error of a clip, in [0, 3] (RGB in [0, 1]); lower is steadier.
+
+    For every pair of consecutive frames, frame t+1 is warped back onto frame t with the optical flow
+    t -> t+1 (OpenCV DIS on luma) and the squared RGB difference is averaged over the pixels that the
+    forward-backward consistency mask keeps (no occlusions, no motion boundaries); the result is the
+    mean over pairs. The flow comes from ``reference`` when given (the clip being reconstructed, as in
+    the paper, so a wobbly output cannot excuse itself), else from ``frames``. Frames are resized for
+    the flow (long side at most ``max_side``, short side at least 32 pixels).
+    """
+    frames = _clip(frames)
+    if reference is not None:
+        frames, reference = _pair(frames, reference)
     if len(frames) < 2:
         return 0.0
-    h, w = frames.shape[1:3]
-    flow_engine = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    frames = _flow_scale(frames, max_side)
+    guide = frames if reference is None else _flow_scale(reference, max_side)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in guide]
     errors = []
     for t in range(len(frames) - 1):
-        flow = flow_engine.calc(grays[t + 1], grays[t], None)  # [H, W, 2]: where each pixel of t+1 was in t
-        map_x, map_y = grid_x + flow[..., 0], grid_y + flow[..., 1]
-        warped = cv2.remap(frames[t], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        valid = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
-        if valid.any():
-            diff = np.abs(warped.astype(np.float32) - frames[t + 1].astype(np.float32))
-            errors.append(float(diff[valid].mean()))
-    return float(np.mean(errors) / 255.0) if errors else 0.0
+        forward = dis.calc(grays[t], grays[t + 1], None)  # [H, W, 2]: where each pixel of t goes in t+1
+        backward = dis.calc(grays[t + 1], grays[t], None)
+        mask = consistency_mask(forward, backward)
+        if not mask.any():
+            continue
+        warped = _warp(frames[t + 1].astype(np.float32) / 255.0, forward)
+        diff = np.square(warped - frames[t].astype(np.float32) / 255.0).sum(-1)  # [H, W]
+        errors.append(float(diff[mask].mean()))
+    return float(np.mean(errors)) if errors else 0.0
 
 
-def flicker(frames: np.ndarray) -> dict:
-    """Both flicker measures: ``frame_difference`` and ``warping_error`` (each in [0, 1])."""
-    return {"frame_difference": frame_difference(frames), "warping_error": warping_error(frames)}
+def flicker(frames: np.ndarray, reference: np.ndarray | None = None) -> dict:
+    """Both flicker measures: ``frame_difference`` and ``warping_error`` (flow from ``reference`` if given)."""
+    return {"frame_difference": frame_difference(frames), "warping_error": warping_error(frames, reference)}
 
 
 def seam_score(frames: np.ndarray, period: int, offset: int = 0) -> dict:

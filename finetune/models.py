@@ -28,9 +28,12 @@ def load_cvvae(cfg: ModelConfig, device=None, dtype=None):
     """The frozen CV-VAE (``tiny``: the one the ``tiny`` preset uses)."""
     from cvvae.loading import build_tiny_vae, load_vae
 
-    vae = build_tiny_vae() if cfg.cvvae == "tiny" else load_vae(cfg.cvvae, subfolder=cfg.cvvae_subfolder)
-    kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-    return vae.to(**kwargs).eval().requires_grad_(False)
+    if cfg.cvvae == "tiny":
+        vae = build_tiny_vae()
+        torch.nn.Module.to(vae, device=device, dtype=dtype)
+    else:
+        vae = load_vae(cfg.cvvae, subfolder=cfg.cvvae_subfolder, device=device, dtype=dtype)
+    return vae.eval().requires_grad_(False)
 
 
 def load_encoders(cfg: ModelConfig, device=None, dtype=None) -> dict:

@@ -14,14 +14,7 @@ from diffusers import AnimateDiffPipeline
 from diffusers.video_processor import VideoProcessor
 
 from ..errors import InputError
-from .decoding import (
-    CVVAEVideoOutput,
-    check_frames_and_size,
-    check_output_choices,
-    decode_cvvae,
-    decode_native,
-    output_fps,
-)
+from .decoding import CVVAEDecodingMixin, CVVAEVideoOutput, check_frames_and_size, check_output_choices, output_fps
 
 
 def check_prompt(prompt) -> str:
@@ -30,7 +23,7 @@ def check_prompt(prompt) -> str:
     return prompt
 
 
-class CVVAEAnimateDiffPipeline(AnimateDiffPipeline):
+class CVVAEAnimateDiffPipeline(CVVAEDecodingMixin, AnimateDiffPipeline):
     """AnimateDiff with CV-VAE as ``vae`` and SD's own image VAE as the optional ``native_vae``."""
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae->native_vae"
@@ -63,12 +56,6 @@ class CVVAEAnimateDiffPipeline(AnimateDiffPipeline):
         self.register_modules(vae=vae, native_vae=native_vae)
         self.vae_scale_factor = vae.config.spatial_n_compress
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
-
-    def decode_video(self, latents: torch.Tensor, vae: str = "cvvae", tiling: str | None = None) -> torch.Tensor:
-        """Denoised UNet latents ``[B, C, n, h, w]`` -> float video ``[B, 3, T, H, W]`` in [-1, 1]."""
-        if vae == "native":
-            return decode_native(self.native_vae, latents, tiling)
-        return decode_cvvae(self.vae, latents, tiling)
 
     @torch.no_grad()
     def __call__(
@@ -113,11 +100,6 @@ class CVVAEAnimateDiffPipeline(AnimateDiffPipeline):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or ["latents"],
             return_dict=False,
         )[0]
-        if output_type == "latent":
-            frames = denoised
-        else:
-            video = self.decode_video(denoised, vae, decode_tiling)  # 3
-            frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
-            self.maybe_free_model_hooks()
+        frames = self.finish(denoised, output_type, vae, decode_tiling)  # 3
         out = CVVAEVideoOutput(frames=frames, fps=output_fps(fps, vae))
         return out if return_dict else (frames,)

@@ -100,3 +100,31 @@ def decode_native(native_vae, latents: torch.Tensor, tiling: str | None = None) 
             pieces.append(native_vae.decode(part, **kwargs).sample)
         clips.append(torch.cat(pieces))  # [n, 3, H, W]
     return torch.stack(clips).permute(0, 2, 1, 3, 4).float()  # [B, n, 3, H, W] -> [B, 3, n, H, W]
+
+
+class CVVAEDecodingMixin:
+    """The decoding step of a diffusers pipeline that denoised in CV-VAE latent space.
+
+    ``frames_first`` says whether the backbone's latents are ``[B, n, C, h, w]`` (SVD) rather than
+    ``[B, C, n, h, w]`` (AnimateDiff); ``vae`` is CV-VAE and ``native_vae`` the backbone's own.
+    """
+
+    frames_first = False
+
+    def decode_video(self, latents: torch.Tensor, vae: str = "cvvae", tiling: str | None = None) -> torch.Tensor:
+        """Denoised latents -> float video ``[B, 3, T, H, W]`` in [-1, 1] (``T = 1 + 4 (n - 1)``, or ``n``
+        with ``vae="native"``); ``tiling`` is a tiling choice for this call (``cvvae.tiling.tiling_changes``)."""
+        if self.frames_first:
+            latents = latents.permute(0, 2, 1, 3, 4)  # [B, n, C, h, w] -> [B, C, n, h, w]
+        if vae == "native":
+            return decode_native(self.native_vae, latents, tiling)
+        return decode_cvvae(self.vae, latents, tiling)
+
+    def finish(self, denoised: torch.Tensor, output_type: str, vae: str, tiling: str | None):
+        """The frames of ``output_type`` from the denoised latents (decoded unless ``latent``)."""
+        if output_type == "latent":
+            return denoised
+        video = self.decode_video(denoised, vae, tiling)
+        frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
+        self.maybe_free_model_hooks()
+        return frames

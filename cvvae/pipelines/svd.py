@@ -21,21 +21,15 @@ from diffusers.video_processor import VideoProcessor
 
 from ..errors import InputError
 from . import conditioning
-from .decoding import (
-    CVVAEVideoOutput,
-    check_frames_and_size,
-    check_output_choices,
-    decode_cvvae,
-    decode_native,
-    output_fps,
-)
+from .decoding import CVVAEDecodingMixin, CVVAEVideoOutput, check_frames_and_size, check_output_choices, output_fps
 
 
-class CVVAEVideoPipeline(StableVideoDiffusionPipeline):
+class CVVAEVideoPipeline(CVVAEDecodingMixin, StableVideoDiffusionPipeline):
     """diffusers' SVD pipeline with CV-VAE as ``vae`` and SVD's own VAE as the optional ``native_vae``."""
 
     model_cpu_offload_seq = "image_encoder->unet->vae->native_vae"
     _optional_components = ["native_vae"]
+    frames_first = True  # the SVD UNet's latents are [B, n, C, h, w]
 
     def __init__(self, vae, image_encoder, unet, scheduler, feature_extractor, native_vae=None):
         # The parent reads vae.config.block_out_channels, which CV-VAE's released config does not have:
@@ -74,13 +68,6 @@ class CVVAEVideoPipeline(StableVideoDiffusionPipeline):
             raise InputError("image-to-video needs a conditioning image")
         check_frames_and_size(num_latent_frames, height, width)
         check_output_choices(output_type, vae)
-
-    def decode_video(self, latents: torch.Tensor, vae: str = "cvvae", tiling: str | None = None) -> torch.Tensor:
-        """Denoised UNet latents ``[B, n, C, h, w]`` -> float video ``[B, 3, T, H, W]`` in [-1, 1]."""
-        latents = latents.permute(0, 2, 1, 3, 4)  # [B, n, C, h, w] -> [B, C, n, h, w]
-        if vae == "native":
-            return decode_native(self.native_vae, latents, tiling)
-        return decode_cvvae(self.vae, latents, tiling)
 
     @torch.no_grad()
     def __call__(
@@ -131,11 +118,6 @@ class CVVAEVideoPipeline(StableVideoDiffusionPipeline):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs or ["latents"],
             return_dict=False,
         )
-        if output_type == "latent":
-            frames = denoised
-        else:
-            video = self.decode_video(denoised, vae, decode_tiling)  # 4
-            frames = self.video_processor.postprocess_video(video=video, output_type=output_type)
-            self.maybe_free_model_hooks()
+        frames = self.finish(denoised, output_type, vae, decode_tiling)  # 4
         out = CVVAEVideoOutput(frames=frames, fps=output_fps(fps, vae), conditioning_fps=cond_fps)
         return out if return_dict else (frames,)

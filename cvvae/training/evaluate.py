@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cvvae.training evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", required=True, help="NAME=FOLDER of a CVVAEModel (repeatable)")
     p.add_argument("--vae2d", required=True, help="the frozen 2-D VAE folder (diffusers AutoencoderKL)")
-    p.add_argument("--videos", default="../shared/data/videos")
+    p.add_argument("--videos", required=True, help="folder of the clips the models were trained on (held-out tails)")
     p.add_argument("--short-side", type=int, default=72)
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--holdout", type=float, default=0.2)
