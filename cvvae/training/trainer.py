@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 from .config import VAETrainConfig, config_to_dict
 from .data import CropSampler, load_clips, split_clip
 from .discriminator import PatchDiscriminator3D
-from .losses import adaptive_weight, decoder_side_reg, encoder_side_reg, hinge_d_loss, kl_loss
+from .losses import (
+    adaptive_weight,
+    decoder_side_reg,
+    discriminator_loss,
+    encoder_side_reg,
+    generator_loss,
+    kl_loss,
+)
 
 VAE2D_BLOCKS = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
 
@@ -71,18 +78,18 @@ class GeneratorLoss(nn.Module):
             post = self.model.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator).to(post.mean)
             recon = self.model.decode(z).sample[:, :, : x.shape[2]]
-        out = {"recon": recon, "l1": (recon - x).abs().mean(), "kl": kl_loss(post.mean, post.logvar)}
+        out = {"recon": recon, "l1": (recon - x).abs().mean(), "kl": kl_loss(post.mean, post.logvar, x[0].numel())}
         out["lpips"] = self._perceptual(recon, x)
         nll = lc.l1_weight * out["l1"] + lc.lpips_weight * out["lpips"]
-        total = nll + lc.kl_weight * out["kl"]
         if self.cfg.kind == "cvvae" and lc.reg_decoder > 0:
             out["reg_dec"], out["dec2d"] = decoder_side_reg(self.vae2d, z, x, lc.mapping, lc.reg_kind, generator)
-            total = total + lc.reg_decoder * out["reg_dec"]
+            nll = nll + lc.reg_decoder * out["reg_dec"]
         if self.cfg.kind == "cvvae" and lc.reg_encoder > 0:
             decode = lambda zz: self.model.decode(zz).sample  # noqa: E731
             out["reg_enc"], _ = encoder_side_reg(self.vae2d, decode, x, lc.mapping, lc.reg_kind, generator)
-            total = total + lc.reg_encoder * out["reg_enc"]
-        out["nll"], out["total"] = nll, total
+            nll = nll + lc.reg_encoder * out["reg_enc"]
+        out["nll"] = nll  # every reconstruction term, regularisation included (the GAN's adaptive weight uses it)
+        out["total"] = nll + lc.kl_weight * out["kl"]
         return out
 
 
@@ -173,7 +180,7 @@ class Trainer:
             out = self.gen_loss(x, gen)
             total = out["total"]
             if gan_on:
-                g_loss = -self.disc(out["recon"]).mean()
+                g_loss = generator_loss(self.disc(out["recon"]))
                 last = self.acc.unwrap_model(self.gen_loss).model.decoder.conv_out.weight
                 d_weight = adaptive_weight(out["nll"], g_loss, last) * lc.disc_weight
                 total = total + d_weight * g_loss
@@ -188,7 +195,7 @@ class Trainer:
             self.ema.step(self.model.parameters())
         if gan_on:
             with self.acc.autocast():
-                out["d_loss"] = hinge_d_loss(self.disc(x), self.disc(out["recon"].detach()))
+                out["d_loss"] = discriminator_loss(lc.disc_loss, self.disc(x), self.disc(out["recon"].detach()))
             self.dopt.zero_grad(set_to_none=True)
             self.acc.backward(out["d_loss"])
             self.dopt.step()
