@@ -199,7 +199,13 @@ def tiny_run(tmp_path):
     write_video(videos / "clip.mp4", frames, fps=10)
     vae2d = tmp_path / "vae2d"
     tiny_vae2d().save_pretrained(vae2d)
-    return dict(videos=videos, vae2d=vae2d, tmp=tmp_path)
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for i in range(2):
+        from PIL import Image
+
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3)).astype(np.uint8)).save(stills / f"s{i}.png")
+    return dict(videos=videos, vae2d=vae2d, stills=stills, tmp=tmp_path)
 
 
 def _overrides(run, out, **extra):
@@ -221,6 +227,8 @@ def _overrides(run, out, **extra):
             "loss.reg_encoder": 0.5,
             "loss.disc_weight": 0.5,
             "loss.disc_loss": "vanilla",
+            "data.images": run["stills"],
+            "data.synthetic_ratio": 0.5,
             "loss.disc_channels": 8,
         },
     )
@@ -250,6 +258,54 @@ def test_training_steps_and_resume_equivalence(tiny_run):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert CVVAEModel.from_pretrained(straight / "final").config.ch == 8
     assert list((straight / "samples").glob("*.mp4"))
+    assert sources_used(trainer) == {"stills", "video frames", "synthetic clips", "real clips"}
+
+
+def sources_used(trainer) -> set[str]:
+    """Which kinds of batch the trainer draws over 40 steps (stills and clips, real and synthetic)."""
+    seen = set()
+    data = trainer.data
+    draws = [
+        (data.stills, "sample", "stills"),
+        (data.videos, "sample", "video frames"),
+        (data.stills, "clips", "synthetic clips"),
+        (data.frames, "sample", "real clips"),
+    ]
+    for obj, name, label in draws:
+        original = getattr(obj, name)
+
+        def record(*args, _label=label, _original=original, **kwargs):
+            seen.add(_label)
+            return _original(*args, **kwargs)
+
+        setattr(obj, name, record)
+    for step in range(40):
+        trainer.batch(step)
+    return seen
+
+
+def test_synthetic_motion_clips():
+    from cvvae.training.synthetic import motion_clip
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (90, 120, 3)).astype(np.uint8)
+    a = motion_clip(image, 9, 32, np.random.default_rng(1), sprite=image[::-1])
+    b = motion_clip(image, 9, 32, np.random.default_rng(1), sprite=image[::-1])
+    assert a.shape == (9, 32, 32, 3) and a.dtype == np.uint8 and np.array_equal(a, b)  # seeded
+    assert np.abs(a[1:].astype(int) - a[:-1].astype(int)).mean() > 1  # the camera moves
+
+
+def test_compatibility_is_logged_during_training(tiny_run):
+    import json
+
+    from cvvae.training.config import load_config
+    from cvvae.training.trainer import Trainer
+
+    out = tiny_run["tmp"] / "logged"
+    Trainer(load_config(None, _overrides(tiny_run, out, eval_every=2, **{"loss.disc_weight": 0}))).run()
+    rows = [json.loads(line) for line in (out / "compatibility.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert {"a_3d_recon", "b_2d_dec_on_3d_latents", "c_3d_dec_on_2d_latents", "frechet"} <= set(rows[0])
 
 
 def test_config_errors(tiny_run):

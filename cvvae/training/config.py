@@ -17,6 +17,8 @@ class ClipDataConfig:
     """Training clips and how batches are cut from them (the ``data`` section)."""
 
     videos: str = ""  # folder of clips; the last `holdout` of each is for evaluation
+    images: str = ""  # optional stills: "skimage" (its CC0 / public-domain photographs) or a folder of images
+    synthetic_ratio: float = 0.5  # with images: share of batches drawn from stills (clips by synthetic motion)
     short_side: int = 72  # clips are resized once so that their short side has this many pixels
     size: int = 64  # square crop size (multiple of 8)
     frames: int = 9  # frames per video sample (1 + 4k)
@@ -34,6 +36,8 @@ class ClipDataConfig:
             raise InputError(f"data.size must be a multiple of 8 in [16, short_side], got {self.size}")
         if self.frames < 1 or (self.frames - 1) % 4:
             raise InputError(f"data.frames must be 1 + 4k, got {self.frames}")
+        if not 0.0 <= self.synthetic_ratio <= 1.0:
+            raise InputError(f"data.synthetic_ratio must be in [0, 1], got {self.synthetic_ratio}")
         if not 0.0 <= self.image_ratio <= 1.0 or not 0.0 < self.holdout < 1.0:
             raise InputError("data.image_ratio must be in [0, 1] and data.holdout in (0, 1)")
         if self.image_batch < 1 or self.video_batch < 1 or self.frame_stride < 1:
@@ -92,6 +96,7 @@ class VAETrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     sample_every: int = 0  # 0: only at the end
+    eval_every: int = 0  # compatibility (a)-(d) on held-out windows into compatibility.jsonl; 0: never
     num_threads: int | None = None  # torch CPU threads (1 is kind to shared machines)
     data: ClipDataConfig = field(default_factory=ClipDataConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import VAETrainConfig, config_to_dict
-from .data import CropSampler, load_clips, split_clip
+from .data import CropSampler, StillSampler, TrainingData, load_clips, load_stills, split_clip
 from .discriminator import PatchDiscriminator3D
 from .losses import (
     adaptive_weight,
@@ -151,23 +151,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
 
-    def _samplers(self):
+    def _data(self) -> TrainingData:
         d = self.cfg.data
         clips = load_clips(d.videos, d.short_side, d.cache_dir)
         train = [split_clip(c, d.holdout)[0] for c in clips]
-        images = CropSampler(train, d.size, 1)
-        videos = CropSampler(train, d.size, d.frames, d.frame_stride) if self.cfg.kind == "cvvae" else None
-        return images, videos
+        frames = CropSampler(train, d.size, d.frames, d.frame_stride) if self.cfg.kind == "cvvae" else None
+        stills = StillSampler(load_stills(d.images), d.size) if d.images else None
+        return TrainingData(CropSampler(train, d.size, 1), frames, stills, d.synthetic_ratio)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Generator]:
         """The batch and noise generator of ``step`` (functions of ``(seed, step)`` only)."""
         rng = np.random.default_rng([self.cfg.seed, step])
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         d = self.cfg.data
-        if self.videos is None or rng.random() < d.image_ratio:
-            x = self.images.sample(d.image_batch, rng)
+        if self.data.frames is None or rng.random() < d.image_ratio:
+            x = self.data.images(d.image_batch, rng)
         else:
-            x = self.videos.sample(d.video_batch, rng)
+            x = self.data.clips(d.video_batch, rng)
         return x.to(self.acc.device), gen
 
     # ------------------------------------------------------------------ steps
@@ -265,7 +265,7 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
-        self.images, self.videos = self._samplers()
+        self.data = self._data()
         resumed = self.resume()
         self.acc.init_trackers("logs")
         end = cfg.steps if self.stop_after is None else min(cfg.steps, self.stop_after)
@@ -286,6 +286,8 @@ class Trainer:
                 self.acc.wait_for_everyone()
             if cfg.sample_every and self.step % cfg.sample_every == 0 and self.acc.is_main_process:
                 self.write_sample()
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.acc.is_main_process:
+                self.log_compatibility()
         bar.close()
         final = self.out / "final"
         if self.step >= cfg.steps and self.acc.is_main_process:
@@ -309,6 +311,25 @@ class Trainer:
         tmp.rename(folder)
         if self.ema is not None:
             self.ema.restore(model.parameters())
+
+    @torch.no_grad()
+    def log_compatibility(self) -> dict:
+        """Append the (a)-(d) compatibility measures on held-out windows to ``output_dir/compatibility.jsonl``."""
+        from .evaluate import evaluate_model, held_out_windows
+
+        if self.cfg.kind != "cvvae":
+            return {}
+        d = self.cfg.data
+        if not hasattr(self, "_eval_windows"):
+            self._eval_windows = held_out_windows(d.videos, d.short_side, d.frames, d.holdout, 4, d.cache_dir)
+        model = self.acc.unwrap_model(self.model).eval()
+        result = evaluate_model(model, self.vae2d, self._eval_windows, "slice")
+        model.train()
+        row = {"step": self.step, **{k: v for k, v in result.items() if k != "d_latents"}}
+        row["frechet"] = result["d_latents"]["frechet"]
+        with open(self.out / "compatibility.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
 
     @torch.no_grad()
     def write_sample(self) -> Path:
