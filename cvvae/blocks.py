@@ -14,6 +14,8 @@ Conventions of the released model kept here (see the project's reference facts):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,37 +28,81 @@ GROUPNORM_EPS = 1e-5
 # --------------------------------------------------------------------------------------------
 
 
-class NormStats:
-    """Per-(sample, group) GroupNorm statistics shared by every tile of one clip.
+@dataclass
+class BoxCore:
+    """Which part of a box's activations a box owns, for pooling GroupNorm statistics.
 
-    ``mode`` is ``"record"`` (normalise with the tile's own statistics and add them to running
-    sums) or ``"apply"`` (normalise with the pooled statistics of the last record pass).
+    ``latents`` is the box's size on the latent grid ``(n, h, w)``; ``core`` the owned part in the
+    box's latent coordinates ``(t0, t1, y0, y1, x0, x1)`` (a partition of the clip over all boxes, so
+    nothing is counted twice). ``t0 = t1 = None`` owns every frame of the box (the encoder's windows).
+    Latent frame 0 of a box covers its frame 0 at every layer, latent ``j`` the next ``r`` frames.
     """
 
-    def __init__(self) -> None:
-        self.mode = "record"
+    latents: tuple[int, int, int]
+    core: tuple
+
+    def slices(self, x: torch.Tensor) -> tuple[slice, slice, slice]:
+        n, h, w = self.latents
+        t0, t1, y0, y1, x0, x1 = self.core
+        sh, sw = x.shape[3] // h, x.shape[4] // w
+        if t0 is None:
+            ts = slice(None)
+        else:
+            r = (x.shape[2] - 1) // (n - 1) if n > 1 else 1
+            ts = slice(0 if t0 == 0 else (t0 - 1) * r + 1, (t1 - 1) * r + 1)
+        return ts, slice(y0 * sh, y1 * sh), slice(x0 * sw, x1 * sw)
+
+
+def group_sums(x: torch.Tensor, groups: int, box: BoxCore | None = None) -> list[torch.Tensor]:
+    """Per-(sample, group) sum, sum of squares and count of ``x`` (of the part ``box`` owns), in float64."""
+    if box is not None:
+        x = x[(slice(None), slice(None), *box.slices(x))]
+    b, c = x.shape[:2]
+    xg = x.detach().reshape(b, groups, c // groups, -1).double()  # (B, G, C/G, N)
+    return [xg.sum((2, 3)), (xg * xg).sum((2, 3)), torch.full_like(xg[:, :, 0, 0], xg[0, 0].numel())]
+
+
+class NormStats:
+    """Per-(sample, group) GroupNorm statistics pooled over boxes: sums are added, then turned into
+    mean and variance (``pool``), layer by layer (keyed by the norm module's id).
+
+    ``mode`` says what a :class:`PooledGroupNorm` does with it: ``"record"`` (normalise with the
+    box's own statistics and add the owned part's sums), ``"refine"`` (normalise with the pooled
+    statistics and record again) or ``"apply"`` (normalise with the pooled statistics).
+    """
+
+    def __init__(self, mode: str = "record") -> None:
+        self.mode = mode
+        self.box: BoxCore | None = None
         self._sums: dict[int, list[torch.Tensor]] = {}
         self._pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def record(self, key: int, x: torch.Tensor, groups: int) -> None:
-        xg = x.detach().reshape(x.shape[0], groups, -1).double()  # (B, G, N)
-        s = [xg.sum(-1), (xg * xg).sum(-1), torch.full_like(xg[:, :, 0], xg.shape[-1])]
-        if key in self._sums:
-            s = [a + b for a, b in zip(self._sums[key], s)]
-        self._sums[key] = s
+    @property
+    def records(self) -> bool:
+        return self.mode in ("record", "refine")
 
-    def pool(self) -> None:
-        """Turn the running sums into mean and variance, and switch to ``apply`` mode."""
-        self._pooled = {}
-        for key, (s, sq, n) in self._sums.items():
-            mean = s / n
-            var = (sq / n - mean * mean).clamp_min(0)
-            self._pooled[key] = (mean, var)
+    def add(self, key: int, sums: list[torch.Tensor]) -> None:
+        if key in self._sums:
+            sums = [a + b for a, b in zip(self._sums[key], sums)]
+        self._sums[key] = sums
+
+    def record(self, key: int, x: torch.Tensor, groups: int) -> None:
+        self.add(key, group_sums(x, groups, self.box))
+
+    def pool(self, next_mode: str = "apply") -> None:
+        """Turn the running sums into mean and variance, and switch to ``next_mode``."""
+        self._pooled = {key: _mean_var(sums) for key, sums in self._sums.items()}
         self._sums = {}
-        self.mode = "apply"
+        self.mode = next_mode
 
     def get(self, key: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._pooled[key]
+
+
+def _mean_var(sums: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    s, sq, n = sums
+    mean = s / n
+    return mean, (sq / n - mean * mean).clamp_min(0)
 
 
 class PooledGroupNorm(nn.GroupNorm):
@@ -68,17 +114,19 @@ class PooledGroupNorm(nn.GroupNorm):
         stats = self.stats
         if stats is None:
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        if stats.mode == "record":
+        if stats.records:
             stats.record(id(self), x, self.num_groups)
+        if stats.mode == "record":
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        mean, var = stats.get(id(self))  # (B, G) each
+        return self.normalize(x, *stats.get(id(self)))
+
+    def normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """GroupNorm of ``x`` with given per-(sample, group) statistics ``[B, G]`` (then the affine)."""
         b, c = x.shape[:2]
-        shape = (b, self.num_groups, -1)
         inv = torch.rsqrt(var + self.eps).to(x.dtype)
-        xg = (x.reshape(shape) - mean.to(x.dtype)[..., None]) * inv[..., None]  # (B, G, N)
-        xg = xg.reshape(x.shape)
+        xg = (x.reshape(b, self.num_groups, -1) - mean.to(x.dtype)[..., None]) * inv[..., None]  # (B, G, N)
         affine = (1, c) + (1,) * (x.dim() - 2)
-        return xg * self.weight.reshape(affine) + self.bias.reshape(affine)
+        return xg.reshape(x.shape) * self.weight.reshape(affine) + self.bias.reshape(affine)
 
 
 def group_norm(channels: int, groups: int) -> PooledGroupNorm:
@@ -95,8 +143,35 @@ def _repeat_first_frame(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([x[:, :, :1].expand(-1, -1, n, -1, -1), x], dim=2)
 
 
+class CausalHistory:
+    """The frames a causal layer needs from earlier temporal windows, so windows stream exactly.
+
+    A layer that pads time by repeating frame 0 (causal convs, the encoder's samplers) asks
+    :meth:`pad` instead while a history is set on it: the first window is padded as usual, later
+    windows get the last frames of the previous ones in front (as many as the layer's stride and
+    the window's offset require), so the outputs equal those of the whole clip.
+    """
+
+    def __init__(self) -> None:
+        self._state: dict[int, tuple[int, torch.Tensor]] = {}  # id(layer) -> (frames seen, last frames)
+
+    def pad(self, layer: nn.Module, x: torch.Tensor, n: int, stride: int = 1) -> torch.Tensor:
+        """``x`` with ``n`` frames of history in front (fewer for a stride-2 layer at an odd offset)."""
+        seen, last = self._state.get(id(layer), (0, None))
+        if seen == 0:
+            padded = _repeat_first_frame(x, n)
+        else:
+            keep = n - seen % stride if stride > 1 else n  # output k of a stride-2 layer starts at frame 2k - 2
+            padded = torch.cat([last[:, :, last.shape[2] - keep :], x], dim=2) if keep else x
+        tail = x if last is None else torch.cat([last, x], dim=2)
+        self._state[id(layer)] = (seen + x.shape[2], tail[:, :, -n:].detach())
+        return padded
+
+
 class CausalConv3d(nn.Conv3d):
     """3-D conv, zero padded in space, causal in time (frame 0 replicated ``k - 1`` times)."""
+
+    history: CausalHistory | None = None  # set while a clip streams window by window (``cvvae.tiling``)
 
     def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
         p = kernel_size // 2
@@ -105,7 +180,7 @@ class CausalConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.time_pad:
-            x = _repeat_first_frame(x, self.time_pad)
+            x = self.history.pad(self, x, self.time_pad) if self.history else _repeat_first_frame(x, self.time_pad)
         return super().forward(x)
 
 
@@ -159,16 +234,36 @@ class ResBlock(nn.Module):
         shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
         return shortcut + h
 
+    def steps(self) -> list:
+        """``forward`` as steps on a box's state ``{"h": ..., "skip": ...}``, paused at each GroupNorm
+        (``cvvae.tiling`` runs all boxes of a window in lockstep and pools the statistics there)."""
+
+        def keep(state: dict) -> None:
+            state["skip"] = state["h"]
+
+        def first(state: dict) -> None:
+            state["h"] = self.conv1(F.silu(state["h"]))
+
+        def second(state: dict) -> None:
+            x = state.pop("skip")
+            shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+            state["h"] = shortcut + self.conv2(self.dropout(F.silu(state["h"])))
+
+        return [keep, self.norm1, first, self.norm2, second]
+
 
 class Downsample(nn.Module):
     """Stride-2 conv in space (and in time when ``time``); T -> 1 + (T - 1) // 2, H -> H // 2."""
+
+    history: CausalHistory | None = None  # set while a clip streams window by window (``cvvae.tiling``)
 
     def __init__(self, channels: int, time: bool) -> None:
         super().__init__()
         self.conv = nn.Conv3d(channels, channels, 3, stride=(2 if time else 1, 2, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _repeat_first_frame(x, 2)
+        stride = self.conv.stride[0]
+        x = self.history.pad(self, x, 2, stride) if self.history else _repeat_first_frame(x, 2)
         x = F.pad(x, (0, 1, 0, 1))  # one zero column right, one zero row at the bottom
         return self.conv(x)
 

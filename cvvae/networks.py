@@ -80,17 +80,35 @@ class Encoder(_Stack):
         self.norm_out = group_norm(cin, groups)
         self.conv_out = make_conv(kind, cin, 2 * z_channels if double_z else z_channels, 3)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def high(self, x: torch.Tensor) -> torch.Tensor:
+        """The full-resolution stages (local in space, causal in time): ``[B, 3, T, H, W] -> [B, C, n, h, w]``."""
         h = self.conv_in(x)
         for level in self.down:
             for block in level.block:
                 h = self.run(block, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
+        return h
+
+    def high_steps(self) -> list:
+        """``high`` as steps paused at each GroupNorm (see ``ResBlock.steps``)."""
+        steps = [_apply(self.conv_in)]
+        for level in self.down:
+            for block in level.block:
+                steps += block.steps()
+            if hasattr(level, "downsample"):
+                steps.append(_apply(level.downsample))
+        return steps
+
+    def low(self, h: torch.Tensor) -> torch.Tensor:
+        """The latent-resolution stages (the mid block's attention is global in space): features -> moments."""
         h = self.run(self.mid.block_1, h)
         h = self.run(self.mid.attn_1, h)
         h = self.run(self.mid.block_2, h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.low(self.high(x))
 
 
 class Decoder(_Stack):
@@ -133,14 +151,40 @@ class Decoder(_Stack):
         self.norm_out = group_norm(cin, groups)
         self.conv_out = make_conv(kind, cin, out_ch, 3)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def low(self, z: torch.Tensor) -> torch.Tensor:
+        """The latent-resolution stages (the mid block's attention is global in space and time)."""
         h = self.conv_in(z)
         h = self.run(self.mid.block_1, h)
         h = self.run(self.mid.attn_1, h)
-        h = self.run(self.mid.block_2, h)
+        return self.run(self.mid.block_2, h)
+
+    def high(self, h: torch.Tensor) -> torch.Tensor:
+        """The upsampling stages (local in space and time): ``[B, C, n, h, w] -> [B, 3, 1 + 4 (n - 1), 8h, 8w]``."""
         for level in reversed(self.up):
             for block in level.block:
                 h = self.run(block, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def high_steps(self) -> list:
+        """``high`` as steps paused at each GroupNorm (see ``ResBlock.steps``)."""
+        steps = []
+        for level in reversed(self.up):
+            for block in level.block:
+                steps += block.steps()
+            if hasattr(level, "upsample"):
+                steps.append(_apply(level.upsample))
+        return [*steps, self.norm_out, _apply(lambda h: self.conv_out(F.silu(h)))]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.high(self.low(z))
+
+
+def _apply(fn):
+    """A step that replaces a box's ``h`` by ``fn(h)``."""
+
+    def step(state: dict) -> None:
+        state["h"] = fn(state["h"])
+
+    return step

@@ -1,23 +1,33 @@
-"""Temporal windows and spatial tiles with blending: the one place where CV-VAE is tiled.
+"""Temporal windows and spatial tiles: the one place where CV-VAE is tiled.
 
-A clip is cut into a grid of overlapping boxes laid out on the *latent* grid (one latent frame =
-4 video frames, one latent pixel = 8 pixels), so every box is aligned for both the encoder and
-the decoder. Each box runs through the network on its own; outputs are blended with linear
-ramps over the overlaps, normalised per axis so the weights of all boxes sum to one everywhere
-(symmetric, unlike the release's one-sided ramp; temporal windows overlap and blend, unlike
-the release's hard cut every 16 frames).
+Both networks are split where their resolution reaches the latent grid (``Encoder.high`` /
+``Encoder.low``, ``Decoder.low`` / ``Decoder.high``). The latent-resolution stages, whose mid-block
+attention is global in space (and, in the decoder, in time), always run on the whole clip: they are
+8x smaller in each spatial axis and 4x in time. Only the full-resolution stages are cut into boxes
+laid out on the latent grid (one latent frame = 4 video frames, one latent pixel = 8 pixels), so
+every box is aligned at every layer:
 
-Most of what separates tiled from whole-clip results is GroupNorm: its statistics span all frames
-and pixels of whatever it sees. With ``norm="pooled"`` a first pass over all boxes only records
-GroupNorm sums, and a second pass normalises every box with the statistics pooled over the whole
-clip. That costs a second pass but keeps memory bounded by one box; ``norm="tile"`` is one pass
-with per-box statistics, like the release.
+- **halo**: each box is computed with ``halo`` latent pixels (and, in the decoder, ``temporal_halo``
+  latent frames) of real neighbouring context on every side, which is cropped away, so its
+  convolutions see what they would see in the whole clip instead of zero padding;
+- **blending**: neighbouring boxes overlap by ``overlap`` of a tile (and windows by
+  ``temporal_overlap`` latent frames) and are blended with symmetric linear ramps that sum to one;
+- **causal windows**: the encoder is causal in time, so its windows do not overlap: every causal
+  layer carries the frames it needs from one window to the next (``blocks.CausalHistory``), which
+  makes them exact;
+- **GroupNorm**: its statistics span the whole clip. With ``norm="pooled"`` a first pass records the
+  sums of every box's owned part (a partition of the clip: nothing counted twice) and a second pass
+  normalises every box with the pooled statistics; ``norm_passes`` > 2 refines them further, since
+  the first pass normalised earlier layers per box. ``norm="tile"`` is one pass with per-box
+  statistics, like the release.
+
+Memory is bounded by one box (plus the latent-resolution features of the clip).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from itertools import product
 
@@ -25,10 +35,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .blocks import NormStats, PooledGroupNorm
+from .blocks import BoxCore, CausalHistory, NormStats, PooledGroupNorm, group_sums
 from .errors import InputError
 
-NORM_MODES = ("pooled", "tile")
+NORM_MODES = ("pooled", "exact", "tile")
 
 
 @dataclass(frozen=True)
@@ -42,8 +52,15 @@ class TilingSettings:
         overlap: fraction of a tile shared with its neighbour (the released ``tile_overlap_ratio``).
         temporal_overlap: latent frames shared by consecutive windows (default: 2, or 1 for
             windows of at most 8 frames).
-        norm: ``"pooled"`` (GroupNorm statistics of the whole clip, two passes) or ``"tile"``.
+        norm: GroupNorm statistics: ``"pooled"`` (exact within a window, pooled over windows in two
+            passes: memory flat in the clip's length), ``"exact"`` (exact for the whole clip: one pass,
+            but every box waits between GroupNorms, so memory grows with the clip) or ``"tile"``
+            (each box's own, one pass, like the release).
         enabled: ``False`` processes every clip whole and keeps the other settings for later.
+        halo: latent pixels of real context around every tile (cropped away; 8 pixels each).
+        temporal_halo: latent frames of real context around every decoder window.
+        norm_passes: passes over the windows with ``norm="pooled"`` (2: record, apply; more refine).
+        offload: keep the boxes waiting in lockstep on the CPU (accelerator memory holds one box).
     """
 
     frames_per_window: int | None = 16
@@ -52,6 +69,10 @@ class TilingSettings:
     temporal_overlap: int | None = None
     norm: str = "pooled"
     enabled: bool = True
+    halo: int = 4
+    temporal_halo: int = 3
+    norm_passes: int = 2
+    offload: bool = False
 
     def __post_init__(self) -> None:
         fpw, tile = self.frames_per_window, self.tile_size
@@ -69,6 +90,10 @@ class TilingSettings:
             )
         if self.norm not in NORM_MODES:
             raise InputError(f"norm must be one of {NORM_MODES}, got {self.norm!r}")
+        for name, low in (("halo", 0), ("temporal_halo", 0), ("norm_passes", 2)):
+            value = getattr(self, name)
+            if not _is_int(value) or not low <= value <= 64:
+                raise InputError(f"{name} must be an integer in {low}..64, got {value!r}")
 
     def replace(self, **changes) -> TilingSettings:
         """A copy with ``changes`` applied and everything else kept (``temporal_overlap`` is re-derived
@@ -137,25 +162,15 @@ def spans(length: int, size: int | None, overlap: int) -> list[tuple[int, int]]:
     return [(min(i * stride, length - size), min(i * stride, length - size) + size) for i in range(count)]
 
 
-def ramp_weights(out_spans: list[tuple[int, int]], length: int, skip: int = 0) -> list[torch.Tensor]:
-    """Per-window 1-D blend weights that rise and fall linearly over overlaps and sum to one.
-
-    ``skip`` positions at the start of every window but the first get no weight (the causal
-    encoder's first latent of a window sees a single frame, so it is not worth blending in).
-    """
+def ramp_weights(out_spans: list[tuple[int, int]], length: int) -> list[torch.Tensor]:
+    """Per-window 1-D blend weights that rise and fall linearly over overlaps and sum to one."""
     weights = []
     for i, (s, e) in enumerate(out_spans):
         w = torch.ones(e - s, dtype=torch.float64)
-        if i > 0:
-            n = out_spans[i - 1][1] - s  # overlap with the previous window
-            k = min(skip, n)
-            if n > 0:
-                w[:k] = 0.0
-                w[k:n] = torch.arange(1, n - k + 1, dtype=torch.float64) / (n - k + 1)
-        if i < len(out_spans) - 1:
-            n = e - out_spans[i + 1][0]
-            if n > 0:
-                w[-n:] = torch.minimum(w[-n:], torch.arange(n, 0, -1, dtype=torch.float64) / (n + 1))
+        if i > 0 and (n := out_spans[i - 1][1] - s) > 0:  # overlap with the previous window
+            w[:n] = torch.arange(1, n + 1, dtype=torch.float64) / (n + 1)
+        if i < len(out_spans) - 1 and (n := e - out_spans[i + 1][0]) > 0:
+            w[-n:] = torch.minimum(w[-n:], torch.arange(n, 0, -1, dtype=torch.float64) / (n + 1))
         weights.append(w)
     total = torch.zeros(length, dtype=torch.float64)
     for (s, e), w in zip(out_spans, weights):
@@ -163,90 +178,238 @@ def ramp_weights(out_spans: list[tuple[int, int]], length: int, skip: int = 0) -
     return [w / total[s:e] for (s, e), w in zip(out_spans, weights)]
 
 
-@dataclass
-class _Axis:
-    """One axis of the box grid: input spans, output spans and blend weights."""
+def cores(out_spans: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
+    """A partition of ``[0, length)``: each window owns up to the middle of its overlaps."""
+    cuts = [0] + [(out_spans[i][1] + out_spans[i + 1][0]) // 2 for i in range(len(out_spans) - 1)] + [length]
+    return list(zip(cuts[:-1], cuts[1:]))
 
-    inputs: list[tuple[int, int]]
-    outputs: list[tuple[int, int]]
+
+@dataclass
+class Axis:
+    """One axis of the box grid, on the latent grid: computed boxes (with halo), blended spans, owned cores."""
+
+    boxes: list[tuple[int, int]]
+    spans: list[tuple[int, int]]
+    cores: list[tuple[int, int]]
     weights: list[torch.Tensor]
 
+    @classmethod
+    def plan(cls, length: int, size: int | None, overlap: int, halo: int, lead: int = 0) -> Axis:
+        """Overlapping spans with ``halo`` of context (at least ``lead`` before every span but the first)."""
+        out = spans(length, size, overlap)
+        boxes = [(max(0, s - max(halo, lead if s else 0)), min(length, e + halo)) for s, e in out]
+        return cls(boxes, out, cores(out, length), ramp_weights(out, length))
 
-def _axis(latent_spans, to_in: Callable, to_out: Callable, out_len: int, skip: int = 0) -> _Axis:
-    outputs = [to_out(s) for s in latent_spans]
-    return _Axis([to_in(s) for s in latent_spans], outputs, ramp_weights(outputs, out_len, skip))
+    @classmethod
+    def windows(cls, length: int, size: int | None) -> Axis:
+        """Back-to-back windows (the first one frame longer): the causal encoder's, which stream exactly."""
+        if size is None or size >= length:
+            edges = [0, length]
+        else:
+            edges = [0, *range(size, length, size - 1), length]
+        out = list(zip(edges[:-1], edges[1:]))
+        return cls(out, out, out, [torch.ones(e - s, dtype=torch.float64) for s, e in out])
 
+    def __len__(self) -> int:
+        return len(self.boxes)
 
-def _frames(span: tuple[int, int]) -> tuple[int, int]:
-    """Latent frames ``[a, b)`` -> video frames ``[4a, 4(b - 1) + 1)``."""
-    return 4 * span[0], 4 * (span[1] - 1) + 1
-
-
-def _pixels(span: tuple[int, int]) -> tuple[int, int]:
-    return 8 * span[0], 8 * span[1]
-
-
-def _identity(span: tuple[int, int]) -> tuple[int, int]:
-    return span
-
-
-def _boxes(t: _Axis, h: _Axis, w: _Axis) -> Iterator[tuple[tuple, tuple, torch.Tensor]]:
-    """Yield (input slices, output slices, weight ``[1, 1, t, h, w]``) for every box of the grid."""
-    for (it, ot, wt), (ih, oh, wh), (iw, ow, ww) in product(
-        zip(t.inputs, t.outputs, t.weights), zip(h.inputs, h.outputs, h.weights), zip(w.inputs, w.outputs, w.weights)
-    ):
-        weight = wt[:, None, None] * wh[None, :, None] * ww[None, None, :]
-        yield (slice(*it), slice(*ih), slice(*iw)), (slice(*ot), slice(*oh), slice(*ow)), weight[None, None]
+    def items(self):
+        """``(box, span, core, weights)`` of every box."""
+        return zip(self.boxes, self.spans, self.cores, self.weights)
 
 
-def _run_boxes(fn, x, out, axes, settings: TilingSettings, module: nn.Module, desc: str) -> torch.Tensor:
-    boxes = list(_boxes(*axes))
-    if len(boxes) == 1:
-        return fn(x)
-    norms = [m for m in module.modules() if isinstance(m, PooledGroupNorm)]
-    passes = ["record", "apply"] if settings.norm == "pooled" else ["tile"]
-    stats = NormStats()
+def _frames(span: tuple[int, int]) -> slice:
+    """Latent frames ``[s, e)`` -> their video frames: latent 0 is frame 0, latent ``j`` frames ``4j - 3 .. 4j``."""
+    s, e = span
+    return slice(0 if s == 0 else 4 * (s - 1) + 1, 4 * (e - 1) + 1)
+
+
+@dataclass
+class Box:
+    """One box of the grid: its input, what it owns for GroupNorm statistics, and where its output goes."""
+
+    window: int
+    tile: int
+    x: torch.Tensor
+    core: BoxCore
+    place: Callable[[torch.Tensor], None]
+
+
+def _passes(settings: TilingSettings, windows: int) -> list[str]:
+    """``tile``: per-box statistics; ``lockstep``: one pass with exact statistics of what runs together
+    (the whole clip with ``norm="exact"``, or a single window); else ``record`` (lockstep per window,
+    pooled over windows), ``refine``..., ``apply``."""
+    if settings.norm == "tile":
+        return ["tile"]
+    if settings.norm == "exact" or windows == 1:
+        return ["lockstep"]
+    return ["record"] + ["refine"] * (settings.norm_passes - 2) + ["apply"]
+
+
+def lockstep(steps: list, boxes: list[Box], clip: NormStats | None, before=None, store=None) -> list[torch.Tensor]:
+    """Run ``boxes`` through ``steps`` together, normalising them at every GroupNorm with the statistics of
+    their owned parts pooled (exactly the statistics of the region they tile); ``clip`` also collects the
+    sums. ``before(box)`` runs before a box takes a step; with ``store`` the boxes' states wait there
+    between steps (e.g. the CPU, so accelerator memory holds one box)."""
+    device = boxes[0].x.device
+
+    def load(state: dict) -> dict:
+        return {k: v.to(device, non_blocking=True) for k, v in state.items()}
+
+    def keep(state: dict) -> dict:
+        return state if store is None else {k: v.to(store, non_blocking=True) for k, v in state.items()}
+
+    states = [keep({"h": box.x}) for box in boxes]
+    for step in steps:
+        if isinstance(step, PooledGroupNorm):
+            pooled = NormStats()
+            for state, box in zip(states, boxes):
+                sums = group_sums(state["h"].to(device), step.num_groups, box.core)
+                pooled.add(id(step), sums)
+                if clip is not None:
+                    clip.add(id(step), sums)
+            pooled.pool()
+            for i, state in enumerate(states):
+                state = load(state)
+                state["h"] = step.normalize(state["h"], *pooled.get(id(step)))
+                states[i] = keep(state)
+            continue
+        for i, (state, box) in enumerate(zip(states, boxes)):
+            if before is not None:
+                before(box)
+            state = load(state)
+            step(state)
+            states[i] = keep(state)
+    return [state["h"].to(device) for state in states]
+
+
+def _run(stage: nn.Module, boxes: list[Box], settings: TilingSettings, desc: str, causal: list | None = None) -> None:
+    """Every box through ``stage.high`` (its ``high_steps`` in lockstep) under the settings' GroupNorm mode,
+    each output handed to its box's ``place``. ``causal`` layers carry history per tile across windows."""
+    windows = 1 + max(box.window for box in boxes)
+    passes = _passes(settings, windows)
+    norms = [m for m in stage.modules() if isinstance(m, PooledGroupNorm)]
+    clip, causal = NormStats(), causal or []
+    steps = stage.high_steps()
+    store = torch.device("cpu") if settings.offload else None
     bar = tqdm(total=len(boxes) * len(passes), desc=desc, unit="tile", leave=False)
     try:
-        for norm in norms:
-            norm.stats = stats if settings.norm == "pooled" else None
         for mode in passes:
-            for (it, ih, iw), (ot, oh, ow), weight in boxes:
-                y = fn(x[:, :, it, ih, iw])
-                if mode != "record":
-                    out[:, :, ot, oh, ow] += y * weight.to(y)
-                bar.update()
-            if mode == "record":
-                stats.pool()
+            if mode in ("refine", "apply"):
+                clip.pool(mode)
+            for norm in norms:
+                norm.stats = clip if mode in ("refine", "apply") else None
+            histories: dict[int, CausalHistory] = {}
+
+            def follow(box: Box, histories=histories) -> None:
+                history = histories.setdefault(box.tile, CausalHistory())  # a tile's windows stream in order
+                for m in causal:
+                    m.history = history
+
+            if mode == "lockstep" and settings.norm == "exact":
+                groups = [boxes]
+            elif mode in ("lockstep", "record"):
+                groups = [[b for b in boxes if b.window == w] for w in range(windows)]
+            else:
+                groups = [[b] for b in boxes]
+            for group in groups:
+                if mode in ("lockstep", "record"):
+                    outs = lockstep(steps, group, clip if mode == "record" else None, follow, store)
+                else:  # statistics known (or each box's own): one box at a time
+                    follow(group[0])
+                    clip.box = group[0].core
+                    outs = [stage.high(group[0].x)]
+                bar.update(len(group))
+                if mode not in ("record", "refine"):
+                    for box, y in zip(group, outs):
+                        box.place(y)
     finally:
-        for norm in norms:
-            norm.stats = None
+        for m in [*norms, *causal]:
+            setattr(m, "stats" if isinstance(m, PooledGroupNorm) else "history", None)
         bar.close()
-    return out
 
 
 def tiled_encode(encoder: nn.Module, x: torch.Tensor, settings: TilingSettings, out_channels: int) -> torch.Tensor:
-    """Encode ``x`` ``[B, 3, 1 + 4k, 8h, 8w]`` box by box into moments ``[B, C, 1 + k, h, w]``."""
+    """Encode ``x`` ``[B, 3, 1 + 4k, 8h, 8w]`` into moments ``[B, C, 1 + k, h, w]`` window by window, tile by tile.
+
+    The full-resolution stages stream through back-to-back windows (causal history carried: exact)
+    and haloed tiles; the latent-resolution stages run on the whole clip.
+    """
     b, _, frames, height, width = x.shape
     n, h, w = 1 + (frames - 1) // 4, height // 8, width // 8
     ov = settings.overlap_latents
-    axes = (
-        _axis(spans(n, settings.window_latents, settings.temporal_overlap), _frames, _identity, n, skip=1),
-        _axis(spans(h, settings.tile_latents, ov), _pixels, _identity, h),
-        _axis(spans(w, settings.tile_latents, ov), _pixels, _identity, w),
-    )
-    out = x.new_zeros(b, out_channels, n, h, w)
-    return _run_boxes(encoder, x, out, axes, settings, encoder, "encode")
+    t_axis = Axis.windows(n, settings.window_latents)
+    tiles = list(product(Axis.plan(h, settings.tile_latents, ov, settings.halo).items(),
+                         Axis.plan(w, settings.tile_latents, ov, settings.halo).items()))  # fmt: skip
+    if len(t_axis) * len(tiles) == 1:
+        return encoder(x)
+    features: list[torch.Tensor] = []
+
+    def placer(tb, hb, hs, hw, wb, ws, ww):
+        def place(y: torch.Tensor) -> None:  # y: [B, C, window latents, box h, box w]: crop the halo, blend
+            if not features:
+                features.append(y.new_zeros(b, y.shape[1], n, h, w))
+            crop = y[:, :, :, hs[0] - hb[0] : hs[1] - hb[0], ws[0] - wb[0] : ws[1] - wb[0]]
+            features[0][:, :, tb[0] : tb[1], hs[0] : hs[1], ws[0] : ws[1]] += crop * (hw[:, None] * ww).to(y)
+
+        return place
+
+    boxes = []
+    for wi, tb in enumerate(t_axis.boxes):
+        for ti, ((hb, hs, hc, hw), (wb, ws, wc, ww)) in enumerate(tiles):
+            latents = (tb[1] - tb[0], hb[1] - hb[0], wb[1] - wb[0])
+            xs = x[:, :, _frames(tb), 8 * hb[0] : 8 * hb[1], 8 * wb[0] : 8 * wb[1]]
+            core = BoxCore(latents, (None, None, *_local(hc, hb), *_local(wc, wb)))
+            boxes.append(Box(wi, ti, xs, core, placer(tb, hb, hs, hw, wb, ws, ww)))
+    causal = [m for m in encoder.modules() if hasattr(m, "history")]
+    _run(encoder, boxes, settings, "encode", causal)
+    return encoder.low(features[0])
 
 
 def tiled_decode(decoder: nn.Module, z: torch.Tensor, settings: TilingSettings, out_channels: int) -> torch.Tensor:
-    """Decode ``z`` ``[B, C, n, h, w]`` box by box into ``[B, 3, 1 + 4 (n - 1), 8h, 8w]``."""
+    """Decode ``z`` ``[B, C, n, h, w]`` into ``[B, 3, 1 + 4 (n - 1), 8h, 8w]``: the latent-resolution stages
+    on the whole clip, the upsampling stages box by box (haloed windows and tiles, blended)."""
     b, _, n, h, w = z.shape
     ov = settings.overlap_latents
-    axes = (
-        _axis(spans(n, settings.window_latents, settings.temporal_overlap), _identity, _frames, 1 + 4 * (n - 1)),
-        _axis(spans(h, settings.tile_latents, ov), _identity, _pixels, 8 * h),
-        _axis(spans(w, settings.tile_latents, ov), _identity, _pixels, 8 * w),
-    )
+    # a window's first latent decodes to one frame alone: one latent of lead gives it its other three
+    t_axis = Axis.plan(n, settings.window_latents, settings.temporal_overlap, settings.temporal_halo, lead=1)
+    tiles = list(product(Axis.plan(h, settings.tile_latents, ov, settings.halo).items(),
+                         Axis.plan(w, settings.tile_latents, ov, settings.halo).items()))  # fmt: skip
+    if len(t_axis) * len(tiles) == 1:
+        return decoder(z)
+    features = decoder.low(z)  # [B, C, n, h, w], exact: the mid block's attention sees the whole clip
     out = z.new_zeros(b, out_channels, 1 + 4 * (n - 1), 8 * h, 8 * w)
-    return _run_boxes(decoder, z, out, axes, settings, decoder, "decode")
+
+    def placer(tb, ts, tw, hb, hs, hw, wb, ws, ww):
+        def place(y: torch.Tensor) -> None:  # crop the halo, blend the span
+            crop = y[:, :, _frames(_local(ts, tb)), 8 * (hs[0] - hb[0]) : 8 * (hs[1] - hb[0])]
+            crop = crop[..., 8 * (ws[0] - wb[0]) : 8 * (ws[1] - wb[0])]
+            weight = _frame_weights(tw, ts)[:, None, None] * _pixels(hw)[:, None] * _pixels(ww)
+            out[:, :, _frames(ts), 8 * hs[0] : 8 * hs[1], 8 * ws[0] : 8 * ws[1]] += crop * weight.to(crop)
+
+        return place
+
+    boxes = []
+    for wi, (tb, ts, tc, tw) in enumerate(t_axis.items()):
+        for ti, ((hb, hs, hc, hw), (wb, ws, wc, ww)) in enumerate(tiles):
+            latents = (tb[1] - tb[0], hb[1] - hb[0], wb[1] - wb[0])
+            xs = features[:, :, tb[0] : tb[1], hb[0] : hb[1], wb[0] : wb[1]]
+            core = BoxCore(latents, (*_local(tc, tb), *_local(hc, hb), *_local(wc, wb)))
+            boxes.append(Box(wi, ti, xs, core, placer(tb, ts, tw, hb, hs, hw, wb, ws, ww)))
+    _run(decoder, boxes, settings, "decode")
+    return out
+
+
+def _local(span: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    return span[0] - box[0], span[1] - box[0]
+
+
+def _pixels(latent_weights: torch.Tensor) -> torch.Tensor:
+    """Blend weights on the latent grid -> on pixels (each latent pixel covers 8)."""
+    return latent_weights.repeat_interleave(8)
+
+
+def _frame_weights(latent_weights: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+    """Blend weights of a window's latent frames -> its video frames (latent 0 of the clip is one frame)."""
+    frames = latent_weights.repeat_interleave(4)
+    return frames[3:] if span[0] == 0 else frames
