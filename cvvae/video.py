@@ -20,6 +20,8 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
 STILL_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 RESIZE_MODES = ("crop", "stretch")
 DEFAULT_FPS = 25.0  # for stills and streams that state no rate
+MAX_SIDE = 8192  # pixels: larger frames are refused before anything is allocated
+MAX_IMAGE_PIXELS = 8192 * 8192  # still images beyond this are refused unread (decompression bombs)
 AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 
 
@@ -63,6 +65,8 @@ def _check_size(size: tuple[int, int] | None, resize: str) -> None:
         raise InputError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     if size is not None and (len(size) != 2 or any(int(s) != s or s < 1 for s in size)):
         raise InputError(f"size must be (height, width) with positive integers, got {size}")
+    if size is not None and max(size) > MAX_SIDE:
+        raise InputError(f"size {size[0]}x{size[1]} is too large: height and width can be at most {MAX_SIDE} pixels")
 
 
 def _stream_fps(stream) -> float:
@@ -117,9 +121,18 @@ def read_image(path: str | os.PathLike):
 
     path = _check_file(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise VideoReadError(
+                    f"{path} is {img.width}x{img.height} pixels, more than the {MAX_IMAGE_PIXELS:,} this reads; "
+                    "scale it down first"
+                )
             img.load()
             return img.convert("RGB")
+    except VideoReadError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise VideoReadError(f"{path} is too large to read safely ({err}); scale it down first") from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise VideoReadError(f"{path} is not a readable image ({err})") from err
 

@@ -1,13 +1,15 @@
-"""The training loop: accelerate (mixed precision, DDP/DeepSpeed via ``accelerate launch``), PEFT modes, checkpoints.
+"""The training loop: accelerate (mixed precision, DDP via ``accelerate launch``), PEFT modes, checkpoints.
 
-Checkpoints (``checkpoint-STEP/``) hold ``accelerator.save_state`` (only the trainable tensors of the UNet,
-optimizer, LR scheduler, RNG states, accelerate's step) plus the data position (:class:`TrainState`). Every
-random draw of the objective comes from a generator seeded by (seed, process, micro-batch), so a resumed run
-repeats exactly the draws an uninterrupted run makes.
+Checkpoints (``checkpoint-STEP/``) hold the trainable tensors of the UNet and the optimizer state as
+safetensors, the LR scheduler and the data position (:class:`TrainState`) as JSON, and every process's
+random state: nothing in them is unpickled, and a completion marker is written last
+(``cvvae.checkpoints``). Every random draw of the objective comes from a generator seeded by (seed,
+process, micro-batch), so a resumed run repeats exactly the draws an uninterrupted run makes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cvvae import checkpoints
 from cvvae.errors import InputError
 from cvvae.outputs import write_json_atomic
 
@@ -27,6 +30,8 @@ from .objective import edm_loss
 
 log = logging.getLogger(__name__)
 TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
 CKPT_PREFIX = "checkpoint-"
 
 
@@ -49,64 +54,59 @@ def micro_generator(seed: int, rank: int, micro: int) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    found = [p for p in output_dir.glob(CKPT_PREFIX + "*") if p.is_dir() and p.name[len(CKPT_PREFIX) :].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CKPT_PREFIX) :]))
+def save_checkpoint(accelerator, unet, optimizer, scheduler, state: TrainState, out: Path, keep: int) -> Path:
+    """Write ``checkpoint-STEP``: every process its random state, the main process the rest; keep ``keep``."""
+    from safetensors.torch import save_file
 
-
-def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
-    """``latest`` (None when there is no checkpoint yet), or a checkpoint folder."""
-    if not resume:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / TRAINABLE_FILE).is_file():
-        raise InputError(f"--resume {resume}: not a checkpoint folder (no {TRAINABLE_FILE})")
-    return path
-
-
-def _register_hooks(accelerator, unet) -> None:
-    """Checkpoints hold only the trainable tensors of the UNet, not 1.5 B frozen parameters."""
-    from safetensors.torch import load_file, save_file
-
-    def save_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_parameters(models[0]).items()}
-            save_file(tensors, os.path.join(output_dir, TRAINABLE_FILE))
-        weights.clear()
-
-    def load_hook(models, input_dir):
-        model = accelerator.unwrap_model(models.pop())
-        tensors = load_file(os.path.join(input_dir, TRAINABLE_FILE))
-        params = trainable_parameters(model)
-        if set(tensors) != set(params):
-            raise InputError(f"{input_dir} was saved by a run with another mode or LoRA config")
-        with torch.no_grad():
-            for name, value in tensors.items():
-                params[name].copy_(value)
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-def save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Path:
-    """``accelerator.save_state`` into a temporary folder, renamed to ``checkpoint-STEP``; keep the last ``keep``."""
-    final, tmp = output_dir / f"{CKPT_PREFIX}{step}", output_dir / f".{CKPT_PREFIX}{step}.tmp"
+    final = out / f"{CKPT_PREFIX}{state.step}"
+    tmp = checkpoints.temporary(final)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    save_file(checkpoints.rng_state(), str(tmp / f"rng_{accelerator.process_index}.safetensors"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+
+        def write(folder: Path) -> None:
+            model = accelerator.unwrap_model(unet)
+            tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_parameters(model).items()}
+            save_file(tensors, str(folder / TRAINABLE_FILE))
+            opt_tensors, opt_meta = checkpoints.optimizer_tensors(optimizer)
+            save_file(opt_tensors, str(folder / OPTIMIZER_FILE))
+            meta = {"train": state.state_dict(), "optimizer": opt_meta, "scheduler": scheduler.state_dict()}
+            (folder / STATE_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+        checkpoints.write_checkpoint(final, write, state.step, prepared=True)
+        checkpoints.prune(out, CKPT_PREFIX, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint(accelerator, unet, optimizer, scheduler, state: TrainState, folder: Path) -> None:
+    """Restore a checkpoint written by :func:`save_checkpoint` (InputError when it belongs to another run)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / TRAINABLE_FILE))
+    params = trainable_parameters(accelerator.unwrap_model(unet))
+    if set(tensors) != set(params):
+        raise InputError(f"{folder} was saved by a run with another mode or LoRA config")
+    meta = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    opt_tensors = load_file(str(folder / OPTIMIZER_FILE))
+    rng = folder / f"rng_{accelerator.process_index}.safetensors"
+    rng_state = load_file(str(rng)) if rng.is_file() else None
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+    checkpoints.load_optimizer_tensors(optimizer, opt_tensors, meta["optimizer"])
+    scheduler.load_state_dict(meta["scheduler"])
+    state.load_state_dict(meta["train"])
+    if rng_state is not None:
+        checkpoints.set_rng_state(rng_state)
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    return checkpoints.list_checkpoints(output_dir, CKPT_PREFIX)
 
 
 def _check_cache(dataset: LatentCache, cfg: FinetuneConfig) -> None:
@@ -168,11 +168,10 @@ def train(cfg: FinetuneConfig, resume: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     accelerator, unet, vae, optimizer, scheduler, loader, dataset, peft_config = build_training(cfg)
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
-    _register_hooks(accelerator, unet)
-    ckpt = resolve_resume(out, resume)
+    ckpt = checkpoints.resume(
+        out, CKPT_PREFIX, lambda f: load_checkpoint(accelerator, unet, optimizer, scheduler, state, f), resume
+    )
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
         accelerator.print(f"resumed from {ckpt} at step {state.step}")
     if accelerator.is_main_process:
         write_json_atomic(out / "config.json", cfg.to_dict())
@@ -222,7 +221,7 @@ def _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state: Trai
             if state.step % t.log_every == 0 or state.step == 1:
                 accelerator.log({"loss": loss_value, "lr": scheduler.get_last_lr()[0]}, step=state.step)
             if state.step % t.checkpoint_every == 0 or state.step == stop:
-                save_checkpoint(accelerator, out, state.step, t.keep_checkpoints)
+                save_checkpoint(accelerator, unet, optimizer, scheduler, state, out, t.keep_checkpoints)
             if t.sample_every and state.step % t.sample_every == 0:
                 _sample(cfg, accelerator, unet, state.step)
             if state.step >= stop:

@@ -267,3 +267,45 @@ def test_evaluate_and_training_samples(cache):
     assert set(row["base"]) >= {"frame_difference", "warping_error"}
     assert (root / "eval" / "grids" / "clip0_seed0.mp4").is_file() and (root / "eval" / "report.md").is_file()
     assert "| **mean** |" in report["markdown"]
+
+
+class Payload:
+    """Unpickling this runs code: it writes a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "pwned"))
+
+
+def test_resume_runs_no_code_from_a_checkpoint_and_survives_damage(cache, tmp_path, capsys):
+    import pickle
+    import shutil
+
+    from finetune.__main__ import main
+    from finetune.trainer import list_checkpoints, train
+
+    root, _ = cache
+    out = root / "hardened"
+    steps = ["train.max_steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=3", "train.stop_after=3"]
+    train(_cfg(root, f"train.output_dir={out}", *steps))
+    newest = list_checkpoints(out)[-1]
+    marker = tmp_path / "pwned.txt"
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "training_state.pt"):
+        (newest / name).write_bytes(pickle.dumps(Payload(marker)))  # what accelerate's load_state would unpickle
+    data = (newest / "trainable.safetensors").read_bytes()
+    (newest / "trainable.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    result = train(_cfg(root, f"train.output_dir={out}", "train.max_steps=4", "train.checkpoint_every=1"), "latest")
+    assert not marker.exists()  # no pickle was loaded
+    assert result["step"] == 4 and "checkpoint-3 cannot be loaded" in capsys.readouterr().out  # fell back to 2
+    damaged = tmp_path / "checkpoint-9"
+    shutil.copytree(list_checkpoints(out)[-1], damaged)
+    (damaged / "optimizer.safetensors").write_bytes(b"")
+    for bad in (damaged, root / "nowhere"):
+        rc = main(
+            ["train", "--resume", str(bad), *BASE, f"data.cache_dir={root / 'cache'}", f"train.output_dir={out}"]
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error:")
+    assert not marker.exists()

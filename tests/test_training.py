@@ -367,3 +367,25 @@ def test_adaptive_weight_sees_the_encoder_side_regularisation(tiny_run):
     expected = lc.l1_weight * out["l1"] + lc.reg_decoder * out["reg_dec"] + lc.reg_encoder * out["reg_enc"]
     torch.testing.assert_close(out["nll"], expected)
     torch.testing.assert_close(out["total"], expected + lc.kl_weight * out["kl"])
+
+
+def test_vae_resume_skips_a_damaged_or_planted_checkpoint(tiny_run, capsys):
+    import pickle
+
+    from cvvae.training.config import load_config
+    from cvvae.training.trainer import Trainer
+
+    out = tiny_run["tmp"] / "planted"
+    overrides = _overrides(tiny_run, out, **{"loss.disc_weight": 0, "checkpoint_every": 1, "keep_checkpoints": 3})
+    Trainer(load_config(None, overrides), stop_after=3).run()
+    newest = sorted(out.glob("checkpoint-*"))[-1]
+    marker = tiny_run["tmp"] / "pwned.txt"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("pwned",))
+
+    (newest / "training_state.pt").write_bytes(pickle.dumps(Payload()))
+    trainer = Trainer(load_config(None, overrides))
+    assert trainer.resume() and trainer.step == 2  # the planted checkpoint 3 is skipped, not run
+    assert not marker.exists() and "cannot be loaded" in capsys.readouterr().out

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import checkpoints
 from .config import VAETrainConfig, config_to_dict
 from .data import CropSampler, StillSampler, TrainingData, load_clips, load_stills, split_clip
 from .discriminator import PatchDiscriminator3D
@@ -35,6 +36,7 @@ from .losses import (
     kl_loss,
 )
 
+CKPT_PREFIX, CKPT_MARKER = "checkpoint-", "state.json"  # the marker is written last
 VAE2D_BLOCKS = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
 
 
@@ -206,46 +208,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _checkpoints(self) -> list[Path]:
-        return sorted(self.out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-
     def save(self) -> Path:
-        """Write ``checkpoint-STEP`` atomically (temporary folder, then rename); keep the newest few."""
+        """Write ``checkpoint-STEP`` (temporary folder, ``state.json`` last, then rename); keep the newest few."""
         from safetensors.torch import save_file
 
-        final = self.out / f"checkpoint-{self.step:07d}"
-        tmp = self.out / f".tmp-checkpoint-{self.step:07d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model = self.acc.unwrap_model(self.model)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        state = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
-        if self.disc is not None:
-            state.update(
-                disc=self.acc.unwrap_model(self.disc).state_dict(),
-                dopt=self.dopt.state_dict(),
-                dsched=self.dsched.state_dict(),
-            )
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        torch.save(state, tmp / "training_state.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": self.step, "config": config_to_dict(self.cfg)}, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in self._checkpoints()[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        def write(tmp: Path) -> None:
+            model = self.acc.unwrap_model(self.model)
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+            state = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
+            if self.disc is not None:
+                state.update(
+                    disc=self.acc.unwrap_model(self.disc).state_dict(),
+                    dopt=self.dopt.state_dict(),
+                    dsched=self.dsched.state_dict(),
+                )
+            if self.ema is not None:
+                state["ema"] = self.ema.state_dict()
+            torch.save(state, tmp / "training_state.pt")  # tensors and numbers: loaded with weights_only=True
+            meta = {"step": self.step, "config": config_to_dict(self.cfg)}
+            (tmp / CKPT_MARKER).write_text(json.dumps(meta, indent=1))
+
+        final = checkpoints.write_checkpoint(
+            self.out / f"{CKPT_PREFIX}{self.step:07d}", write, self.step, marker=CKPT_MARKER
+        )
+        checkpoints.prune(self.out, CKPT_PREFIX, self.cfg.keep_checkpoints, CKPT_MARKER)
         return final
 
-    def resume(self) -> bool:
-        """Load the newest complete checkpoint of ``output_dir``; False when there is none."""
+    def load(self, ckpt: Path) -> None:
+        """Restore everything :meth:`save` wrote."""
         from safetensors.torch import load_file
 
-        ckpts = self._checkpoints()
-        if not ckpts:
-            return False
-        ckpt = ckpts[-1]
-        self.acc.unwrap_model(self.model).load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        weights = load_file(str(ckpt / "model.safetensors"))
         state = torch.load(ckpt / "training_state.pt", weights_only=True)
+        step = json.loads((ckpt / CKPT_MARKER).read_text())["step"]
+        self.acc.unwrap_model(self.model).load_state_dict(weights)
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
         if self.disc is not None and "disc" in state:
@@ -254,8 +250,11 @@ class Trainer:
             self.dsched.load_state_dict(state["dsched"])
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
-        self.step = json.loads((ckpt / "state.json").read_text())["step"]
-        return True
+        self.step = int(step)
+
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint of ``output_dir`` that loads (older ones when it does not)."""
+        return checkpoints.resume(self.out, CKPT_PREFIX, self.load, "latest", CKPT_MARKER) is not None
 
     # ------------------------------------------------------------------ run
 
