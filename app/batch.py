@@ -90,7 +90,8 @@ def run_job(job_id: str, settings, out_dir: Path, options: dict) -> dict:
 
     t0 = time.perf_counter()
     try:
-        result = generate(settings, out_dir / f"{job_id}.mp4", progress=False, **options)
+        # an unfinished job may have left one of its two files: it is redone
+        result = generate(settings, out_dir / f"{job_id}.mp4", progress=False, overwrite=True, **options)
     except Exception as err:  # noqa: BLE001 - one bad job must not stop the batch
         if not isinstance(err, UserError):
             traceback.print_exc()

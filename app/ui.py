@@ -17,6 +17,9 @@ EXAMPLES = ASSETS / "examples"
 GPU_QUEUE = "gpu"  # one concurrency id shared by every event that runs a model
 QUEUE_SIZE = 8  # jobs waiting at most; more get "queue is full"
 MAX_UPLOAD = "200mb"
+# Uploads land in Gradio's temporary folder (GRADIO_TEMP_DIR, by default <system temp>/gradio): every
+# 10 minutes, the ones older than an hour are deleted; all of them when the server stops.
+UPLOAD_CLEANUP = (600, 3600)
 TILING = [  # labels of the choices cvvae.tiling.tiling_changes understands (TILING_SPECS)
     ("model default", "default"),
     ("off (fastest, most memory)", "off"),
@@ -265,7 +268,7 @@ def _compare_tab(h: Handlers, d: UIDefaults):
 def build_demo(handlers: Handlers, defaults: UIDefaults | None = None) -> gr.Blocks:
     """The four-tab demo, with a bounded queue; launch it with ``launch(demo, handlers.config, ...)``."""
     d = defaults or preset_defaults(handlers.config.preset)
-    with gr.Blocks(title="CV-VAE video generation") as demo:
+    with gr.Blocks(title="CV-VAE video generation", delete_cache=UPLOAD_CLEANUP) as demo:
         gr.Markdown(INTRO)
         if handlers.config.notice:
             gr.Markdown(f"⚠️ **{handlers.config.notice}**", elem_id="notice")

@@ -64,6 +64,7 @@ def reconstruct_file(
     seed: int = 0,
     model_id: str = "unknown",
     tiling: TilingLike = None,
+    overwrite: bool = False,
 ) -> dict:
     """Reconstruct a video file into an H.264 mp4 (+ JSON sidecar), both written atomically.
 
@@ -72,7 +73,7 @@ def reconstruct_file(
     seconds (encode + decode time) and the paths written. ``side_by_side`` writes input | output.
     ``tiling`` overrides the model's tiling for this call (settings or a dict of changes).
     """
-    out = check_output_path(out_path, ".mp4", in_path)
+    out = check_output_path(out_path, ".mp4", in_path, overwrite=overwrite)
     frames, fps = vio.read_video(in_path, start, num_frames, stride, size, resize)
     vae = _resolve(vae)
     generator = torch.Generator(device=_place(vae)[0]).manual_seed(seed) if sample else None
@@ -123,6 +124,7 @@ def encode_file(
     seed: int = 0,
     model_id: str = "unknown",
     tiling: TilingLike = None,
+    overwrite: bool = False,
 ) -> dict:
     """Encode a video file to raw latents ``[1, 4, n, h, w]`` in a ``.safetensors`` file.
 
@@ -131,7 +133,7 @@ def encode_file(
     """
     from safetensors.torch import save_file
 
-    out = check_output_path(latents_path, ".safetensors", in_path)
+    out = check_output_path(latents_path, ".safetensors", in_path, overwrite=overwrite)
     frames, fps = vio.read_video(in_path, start, num_frames, stride, size, resize)
     vae = _resolve(vae)
     device, dtype = _place(vae)
@@ -204,9 +206,10 @@ def decode_file(
     *,
     model_id: str = "unknown",
     tiling: TilingLike = None,
+    overwrite: bool = False,
 ) -> dict:
     """Decode latents from ``encode_file`` to an mp4 (+ sidecar), trimmed to the original frames and size."""
-    out = check_output_path(out_path, ".mp4", latents_path)
+    out = check_output_path(out_path, ".mp4", latents_path, overwrite=overwrite)
     z, meta = load_latents(latents_path)
     vae = _resolve(vae)
     if z.shape[1] != vae.config.z_channels:

@@ -29,6 +29,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to 2**63 - 1, got {value}")
+    return value
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (and its .json sidecar)")
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
@@ -81,7 +95,7 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
         help="crop: scale to cover and centre-crop (default); stretch: scale each axis",
     )
     g.add_argument("--sample", action="store_true", help="sample the posterior instead of taking its mode")
-    g.add_argument("--seed", type=int, default=0, help="seed for --sample")
+    g.add_argument("--seed", type=_seed, default=0, help="seed for --sample")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output .mp4 (a .json sidecar is written next to it)")
     _add_input_options(p)
     p.add_argument("--side-by-side", action="store_true", help="write input | reconstruction side by side")
+    _add_output_options(p)
     _add_model_options(p)
     p.set_defaults(func=run_reconstruct)
 
@@ -100,12 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="video or still image")
     p.add_argument("output", help="output .safetensors (latents + metadata for decoding)")
     _add_input_options(p)
+    _add_output_options(p)
     _add_model_options(p)
     p.set_defaults(func=run_encode)
 
     p = sub.add_parser("decode", help="decode latents written by `encode` to an .mp4")
     p.add_argument("input", help="latents .safetensors from `encode`")
     p.add_argument("output", help="output .mp4 (a .json sidecar is written next to it)")
+    _add_output_options(p)
     _add_model_options(p)
     p.set_defaults(func=run_decode)
 
@@ -171,9 +188,8 @@ def _selection(args: argparse.Namespace) -> dict:
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict:
-    return dict(
-        model_id=model_label(args.model, default_subfolder(args.model, args.subfolder)), tiling=tiling_from_args(args)
-    )
+    label = model_label(args.model, default_subfolder(args.model, args.subfolder))
+    return dict(model_id=label, tiling=tiling_from_args(args), overwrite=args.overwrite)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -233,7 +249,7 @@ def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
     )
     p.add_argument("--num-latent-frames", type=int, default=None, help="n latents -> 1 + 4(n-1) frames")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (preset default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--fps", type=float, default=None, help="output fps (SVD is conditioned on fps / 4 - 1)")
     p.add_argument("--conditioning-fps", type=float, default=None, help="override the SVD UNet's fps id")
     p.add_argument("--motion-bucket-id", type=int, default=None, help="SVD motion amount, 0-255 (127)")
@@ -252,6 +268,7 @@ def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
         help="CV-VAE decode tiling: default (the model's), off, N (frames per window) or N/P (and P-pixel tiles)",
     )
     add_pipeline_options(p)
+    _add_output_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_generate, mode=mode)
 
@@ -311,7 +328,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from .pipelines.presets import parse_components
 
     settings = settings_from_args(args).validate()  # fail on bad values before loading anything
-    check_output_path(args.out, ".mp4")
+    check_output_path(args.out, ".mp4", overwrite=args.overwrite)
     result = generate(
         settings,
         args.out,
@@ -321,6 +338,7 @@ def run_generate(args: argparse.Namespace) -> int:
         cvvae_subfolder=args.cvvae_subfolder,
         components=parse_components(args.component),
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     m = result.metadata
     print(

@@ -34,9 +34,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def check_output_path(out_path: str | os.PathLike, suffix: str, *inputs: str | os.PathLike) -> Path:
+def temporaries(path: Path) -> list[Path]:
+    """Temporary files :func:`atomic_path` leaves for ``path`` (and its sidecar) when a run is killed."""
+    if not path.parent.is_dir():
+        return []
+    names = (f".{path.stem}.*.tmp{path.suffix}", f".{path.stem}.*.tmp.json")
+    return [p for pattern in names for p in path.parent.glob(pattern)]
+
+
+def check_output_path(
+    out_path: str | os.PathLike, suffix: str, *inputs: str | os.PathLike, overwrite: bool = False
+) -> Path:
     """Refuse an output that cannot be written, before any work: wrong suffix, a folder, an unwritable
-    location, or one of the ``inputs`` themselves."""
+    location, one of the ``inputs`` themselves, or (unless ``overwrite``) an existing output or sidecar.
+    Temporary files a killed run left for this output are removed."""
     out = Path(out_path)
     if out.suffix.lower() != suffix:
         raise InputError(f"the output {out} must end in {suffix}")
@@ -48,6 +59,12 @@ def check_output_path(out_path: str | os.PathLike, suffix: str, *inputs: str | o
     for src in inputs:
         if src and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
             raise InputError(f"the output {out} is the input file; choose another name")
+    watched = [out, sidecar_path(out)] if suffix == ".mp4" else [out]  # videos come with a JSON sidecar
+    existing = [p for p in watched if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]} exists; choose another output name or pass --overwrite")
+    for stale in temporaries(out):
+        stale.unlink(missing_ok=True)
     return out
 
 

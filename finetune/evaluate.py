@@ -110,7 +110,7 @@ def _generate(s: EvalSettings, image: Path, seed: int, adapter: str | None, out:
         motion_bucket_id=s.motion_bucket_id,
         adapter=adapter,
     )
-    result = generate(gs, out, preset=s.preset, device=s.device)
+    result = generate(gs, out, preset=s.preset, device=s.device, overwrite=True)  # a report folder is redone
     frames, _ = read_video(result.video_path)
     return frames, result.fps
 
@@ -202,4 +202,5 @@ def sample_during_training(cfg, unet, step: int) -> Path:
         width=cfg.data.width,
         adapter=str(adapter),
     )
-    return generate(settings, folder / f"sample-{step:06d}.mp4", preset=preset, progress=False).video_path
+    out = folder / f"sample-{step:06d}.mp4"
+    return generate(settings, out, preset=preset, progress=False, overwrite=True).video_path

@@ -22,7 +22,7 @@ from app.handlers import (
     parse_resolution,
     scaled_size,
 )
-from app.ui import EXAMPLES, GPU_QUEUE, QUEUE_SIZE, build_demo, launch
+from app.ui import EXAMPLES, GPU_QUEUE, QUEUE_SIZE, UPLOAD_CLEANUP, build_demo, launch
 from cvvae.errors import InputError
 from cvvae.loading import RANDOM_WEIGHTS_NOTICE
 from cvvae.pipelines.presets import parse_components
@@ -216,6 +216,7 @@ def test_gpu_events_share_one_bounded_queue(handlers):
     assert len(gpu) == 4
     assert {(f.concurrency_id, f.concurrency_limit) for f in gpu.values()} == {(GPU_QUEUE, 1)}
     assert demo._queue.max_size == QUEUE_SIZE
+    assert demo.delete_cache == UPLOAD_CLEANUP and UPLOAD_CLEANUP[1] <= 3600  # uploads do not pile up
     cancels = [f for f in demo.fns.values() if f.cancels]
     assert len(cancels) == 4  # one Cancel button per tab
 

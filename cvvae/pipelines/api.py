@@ -213,17 +213,19 @@ def generate(
     components: dict | None = None,
     progress: bool = True,
     callback_on_step_end=None,
+    overwrite: bool = False,
 ) -> GenerationResult:
     """Generate one clip into ``out_path`` (H.264 mp4) and its JSON sidecar, both atomically.
 
-    1. validate and fill defaults (and check the output path), 2. read the image, 3. load (cached)
-    pipelines and run, 4. write the video and its sidecar.
+    1. validate and fill defaults (and check the output path: an existing output or sidecar is refused
+    unless ``overwrite``), 2. read the image, 3. load (cached) pipelines and run, 4. write the video
+    and its sidecar.
     """
     from ..video import write_video_and_sidecar
 
     t_start = time.perf_counter()
     p = get_preset(preset)
-    out = check_output_path(out_path, ".mp4", settings.image)
+    out = check_output_path(out_path, ".mp4", settings.image, overwrite=overwrite)
     s = settings.validate().resolved(p).validate()  # 1
     backbone = s.backbone(p)
     image = load_conditioning_image(s.image, s.height, s.width) if s.mode == "i2v" else None  # 2
