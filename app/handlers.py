@@ -121,6 +121,17 @@ def parse_resolution(text: str | None) -> tuple[int | None, int | None]:
     return height, width
 
 
+def as_number(name: str, value, kind=int):
+    """A control's value as ``kind`` (int or float); gr.Error naming the control when it is not a number."""
+    try:
+        number = float(value)
+        if kind is int and number != int(number):
+            raise ValueError
+        return kind(number)
+    except (TypeError, ValueError, OverflowError):
+        raise gr.Error(f"{name} must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
+
+
 def frames_label(num_latent_frames: int | float, fps: int | float, vae: str = "cvvae") -> str:
     """Live label: how many video frames and seconds a number of latent frames gives."""
     n = int(num_latent_frames)
@@ -268,16 +279,16 @@ class Handlers:
         kwargs = dict(
             mode="i2v",
             image=str(image),
-            seed=int(seed),
-            steps=int(steps),
-            min_guidance=float(min_guidance),
-            max_guidance=float(max_guidance),
-            motion_bucket_id=int(motion_bucket_id),
-            fps=float(fps),
-            num_latent_frames=int(num_latent_frames),
+            seed=as_number("seed", seed),
+            steps=as_number("steps", steps),
+            min_guidance=as_number("min_guidance", min_guidance, float),
+            max_guidance=as_number("max_guidance", max_guidance, float),
+            motion_bucket_id=as_number("motion_bucket_id", motion_bucket_id),
+            fps=as_number("fps", fps, float),
+            num_latent_frames=as_number("num_latent_frames", num_latent_frames),
             height=height,
             width=width,
-            noise_aug_strength=float(noise_aug_strength),
+            noise_aug_strength=as_number("noise_aug_strength", noise_aug_strength, float),
             adapter=self.adapter_path(adapter),
             decode_tiling=str(tiling or "default"),
         )
@@ -308,11 +319,11 @@ class Handlers:
             prompt=str(prompt).strip(),
             negative_prompt=str(negative_prompt or ""),
             t2v_backbone=str(backbone),
-            seed=int(seed),
-            steps=int(steps),
-            guidance=float(guidance),
-            fps=float(fps),
-            num_latent_frames=int(num_latent_frames),
+            seed=as_number("seed", seed),
+            steps=as_number("steps", steps),
+            guidance=as_number("guidance", guidance, float),
+            fps=as_number("fps", fps, float),
+            num_latent_frames=as_number("num_latent_frames", num_latent_frames),
             height=height,
             width=width,
             decode_tiling=str(tiling or "default"),
@@ -341,7 +352,7 @@ class Handlers:
             raise gr.Error("upload a video first (MP4, WebM or MOV), or pick the example")
         with user_errors("reconstruction", upload=video):
             info = probe(video)
-            frames = min(int(max_frames), info.frames) if max_frames else info.frames
+            frames = min(as_number("frames", max_frames), info.frames) if max_frames else info.frames
             size = scaled_size(info.height, info.width, short_side)
             h, w = size or (info.height, info.width)
             self.check_budget(frames, h, w)
@@ -397,8 +408,10 @@ class Handlers:
         if not image:
             raise gr.Error("upload an image first (PNG, JPEG or WebP), or pick one of the examples")
         height, width = parse_resolution(resolution)
-        base = dict(mode="i2v", image=str(image), seed=int(seed), steps=int(steps), height=height, width=width)
-        base["num_latent_frames"] = int(num_latent_frames)
+        base = dict(mode="i2v", image=str(image), seed=as_number("seed", seed), height=height, width=width)
+        base.update(
+            steps=as_number("steps", steps), num_latent_frames=as_number("num_latent_frames", num_latent_frames)
+        )
         runs = [("backbone VAE", "native", dict(vae="native")), ("CV-VAE", "cvvae", dict(vae="cvvae"))]
         adapter_dir = self.adapter_path(adapter)
         if adapter_dir:
@@ -420,7 +433,7 @@ def scaled_size(height: int, width: int, short_side) -> tuple[int, int] | None:
     """Scale so the short side is ``short_side`` (multiples of 8, aspect kept); "original" -> None."""
     if not short_side or str(short_side) == "original":
         return None
-    s = int(short_side)
+    s = as_number("short side", short_side)
     if min(height, width) <= s:
         return None
     k = s / min(height, width)

@@ -72,9 +72,45 @@ def hub_error(model_id: str, subfolder: str | None, err: Exception) -> ModelLoad
     if looks_local(model_id):
         return ModelLoadError(f"could not load {where}: the folder does not hold a loadable model ({reason})")
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-    how = "HF_HUB_OFFLINE is set, so nothing is downloaded" if is_offline() else "it could not be downloaded"
+    if is_offline():
+        how = "HF_HUB_OFFLINE is set, so nothing is downloaded"
+    elif _HUB_ANSWERS and not all(_HUB_ANSWERS.values()):
+        how = "it is not in the local cache and the hub cannot be reached"
+    else:
+        how = "it could not be downloaded"
     return ModelLoadError(
         f"could not load {where}: {how}. Run `{download_hint(model_id, subfolder)}` on a machine with network "
         f"access (the cache is {cache}), or pass a local folder that holds config.json and the safetensors "
         f"weights ({reason})"
     )
+
+
+_HUB_ANSWERS: dict[str, bool] = {}  # endpoint -> reachable, remembered for the rest of the process
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub answers at all (one quick request, remembered: a batch asks once)."""
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    if endpoint not in _HUB_ANSWERS:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint + "/api/whoami-v2", method="HEAD"), timeout=timeout)
+            _HUB_ANSWERS[endpoint] = True
+        except urllib.error.HTTPError:
+            _HUB_ANSWERS[endpoint] = True  # it answered (401 without a token)
+        except (OSError, ValueError):
+            _HUB_ANSWERS[endpoint] = False
+    return _HUB_ANSWERS[endpoint]
+
+
+def cache_first(load, model_id: str, **kwargs):
+    """``load(model_id, **kwargs)`` from the local Hugging Face cache; only when the model is not cached,
+    from the hub, and only if it answers: otherwise a :class:`ModelLoadError` at once, instead of a long
+    series of retried requests. ``load`` raises ``OSError`` when files are missing."""
+    try:
+        return load(model_id, local_files_only=True, **kwargs)
+    except OSError as err:
+        if is_offline() or not hub_reachable():
+            raise hub_error(model_id, kwargs.get("subfolder"), err) from err
+    return load(model_id, **kwargs)

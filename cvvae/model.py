@@ -25,7 +25,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch.nn import functional as F
 
 from .errors import InputError, ModelLoadError
-from .hub import PICKLE_SUFFIXES, check_local_weights, hub_error
+from .hub import PICKLE_SUFFIXES, cache_first, check_local_weights, hub_error
 from .networks import Decoder, Encoder
 from .tiling import TilingSettings, tiled_decode, tiled_encode
 
@@ -284,8 +284,18 @@ class CVVAEModel(ModelMixin, ConfigMixin):
             check_local_weights(path / (kwargs.get("subfolder") or ""), allow_pickle)
         kwargs.setdefault("use_safetensors", None if allow_pickle else True)
         kwargs["output_loading_info"] = True
+        parent = super().from_pretrained
+
+        def load(name, **kw):
+            return parent(name, *args, **kw)
+
         try:
-            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            if path.exists() or kwargs.get("local_files_only"):
+                model, info = load(pretrained_model_name_or_path, **kwargs)
+            else:  # a hub id: the local cache first, the hub only if it answers
+                model, info = cache_first(load, str(pretrained_model_name_or_path), **kwargs)
+        except ModelLoadError:
+            raise
         except OSError as err:
             raise hub_error(str(pretrained_model_name_or_path), kwargs.get("subfolder"), err) from err
         except (ValueError, RuntimeError) as err:  # tensors of the wrong shape, a corrupt file, a bad config

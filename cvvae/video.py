@@ -21,6 +21,7 @@ STILL_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 RESIZE_MODES = ("crop", "stretch")
 DEFAULT_FPS = 25.0  # for stills and streams that state no rate
 MAX_SIDE = 8192  # pixels: larger frames are refused before anything is allocated
+MAX_FPS = 1000.0  # frame rates outside (0, MAX_FPS] are refused
 MAX_IMAGE_PIXELS = 8192 * 8192  # still images beyond this are refused unread (decompression bombs)
 AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 
@@ -306,8 +307,12 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
     frames = _check_frames(frames)
     if path.suffix.lower() != ".mp4":
         raise InputError(f"videos are written as H.264 .mp4; {path} should end in .mp4")
-    if not fps or fps <= 0 or not np.isfinite(fps):
-        raise InputError(f"fps must be a positive number, got {fps}")
+    try:
+        fps = float(fps)
+    except (TypeError, ValueError):
+        raise InputError(f"fps must be a number, got {fps!r}") from None
+    if not 0 < fps <= MAX_FPS:  # NaN fails both comparisons
+        raise InputError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps}")
     h, w = frames.shape[1:3]
     if h % 2 or w % 2:
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")

@@ -30,7 +30,7 @@ from cvvae.errors import InputError
 from cvvae.latents import LatentScaling
 from cvvae.outputs import atomic_path, write_json_atomic
 from cvvae.pipelines.conditioning import clip_image_embeds
-from cvvae.video import VIDEO_SUFFIXES, frames_to_tensor, probe, read_video
+from cvvae.video import MAX_FPS, VIDEO_SUFFIXES, frames_to_tensor, probe, read_video
 
 from .config import LatentCacheConfig
 
@@ -66,22 +66,24 @@ def list_sources(videos: str | Path) -> list[Source]:
         return [Source(str(p)) for p in files]
     if not videos.is_file():
         raise InputError(f"data.videos={videos} is neither a folder of videos nor a .csv/.jsonl list")
+    if videos.suffix.lower() in VIDEO_SUFFIXES:
+        return [Source(str(videos))]  # a single video
     rows = _read_list(videos)
     if not rows:
         raise InputError(f"{videos} lists no videos")
     sources = []
     for i, row in enumerate(rows, 1):
-        if not row.get("path"):
-            raise InputError(f"{videos}: entry {i} has no 'path'")
+        if not isinstance(row, dict) or not row.get("path"):
+            raise InputError(f"{videos}: entry {i} must be an object with a 'path', got {row!r:.80}")
         path = Path(row["path"])
         path = path if path.is_absolute() else videos.parent / path
         fps = row.get("fps")
         try:
             fps = float(fps) if fps not in (None, "") else None
-        except ValueError as err:
+        except (TypeError, ValueError) as err:
             raise InputError(f"{videos}: entry {i} has a bad fps {row['fps']!r}") from err
-        if fps is not None and fps <= 0:
-            raise InputError(f"{videos}: entry {i} has fps {fps}; it must be > 0")
+        if fps is not None and not 0 < fps <= MAX_FPS:
+            raise InputError(f"{videos}: entry {i} has fps {fps}; it must be a number in (0, {MAX_FPS}]")
         sources.append(Source(str(path), fps))
     return sources
 
@@ -99,7 +101,7 @@ def _read_list(path: Path) -> list[dict]:
                 except json.JSONDecodeError as err:
                     raise InputError(f"{path}: line {n} is not JSON: {err}") from err
         return rows
-    raise InputError(f"{path}: a video list must be .csv or .jsonl")
+    raise InputError(f"{path}: data.videos must be a folder, a video, or a .csv / .jsonl list")
 
 
 def plan_clips(sources: list[Source], cfg: LatentCacheConfig) -> tuple[list[Clip], list[dict]]:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from cvvae.errors import ModelLoadError
-from cvvae.hub import hub_error, model_label
+from cvvae.hub import cache_first, hub_error, looks_local, model_label
 
 from .config import FinetuneConfig, LoraSettings, ModelConfig
 
@@ -46,15 +46,19 @@ def load_encoders(cfg: ModelConfig, device=None, dtype=None) -> dict:
     else:
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+        kwargs = dict(revision=cfg.revision)
+        load = cache_first if not looks_local(cfg.base) else (lambda fn, name, **kw: fn(name, **kw))
         try:
             enc = {
-                "image_encoder": CLIPVisionModelWithProjection.from_pretrained(
-                    cfg.base, subfolder="image_encoder", revision=cfg.revision
+                "image_encoder": load(
+                    CLIPVisionModelWithProjection.from_pretrained, cfg.base, subfolder="image_encoder", **kwargs
                 ),
-                "feature_extractor": CLIPImageProcessor.from_pretrained(
-                    cfg.base, subfolder="feature_extractor", revision=cfg.revision
+                "feature_extractor": load(
+                    CLIPImageProcessor.from_pretrained, cfg.base, subfolder="feature_extractor", **kwargs
                 ),
             }
+        except ModelLoadError:
+            raise
         except OSError as err:
             raise hub_error(cfg.base, "image_encoder", err) from err
     kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
@@ -71,8 +75,13 @@ def load_unet(cfg: ModelConfig):
         return tiny_svd_unet(seed=0)
     from diffusers import UNetSpatioTemporalConditionModel
 
+    load = UNetSpatioTemporalConditionModel.from_pretrained
     try:
-        return UNetSpatioTemporalConditionModel.from_pretrained(cfg.base, subfolder="unet", revision=cfg.revision)
+        if looks_local(cfg.base):
+            return load(cfg.base, subfolder="unet", revision=cfg.revision)
+        return cache_first(load, cfg.base, subfolder="unet", revision=cfg.revision)
+    except ModelLoadError:
+        raise
     except (OSError, ValueError) as err:
         raise hub_error(cfg.base, "unet", err) from err
 

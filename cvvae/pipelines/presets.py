@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError, ModelLoadError
-from ..hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, hub_error, looks_local
+from ..hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, cache_first, hub_error, looks_local
 from ..loading import load_vae
 from .defaults import ANIMATEDIFF, SVD, SVD_XT, TINY_TEXT, TINY_VIDEO, Defaults
 
@@ -97,8 +97,12 @@ def from_pretrained(cls, name: str, what: str, dtype: torch.dtype, **kwargs):
     err: Exception | None = None
     for extra in attempts:
         try:
-            return cls.from_pretrained(name, torch_dtype=dtype, **kwargs, **extra)
-        except (OSError, ValueError) as e:  # missing files, offline, no such variant
+            if local:
+                return cls.from_pretrained(name, torch_dtype=dtype, **kwargs, **extra)
+            return cache_first(cls.from_pretrained, name, torch_dtype=dtype, **kwargs, **extra)
+        except ModelLoadError:
+            raise  # the hub cannot be reached: no point trying other variants
+        except (OSError, ValueError) as e:  # missing files, no such variant
             err = e
     if local:
         raise ModelLoadError(f"could not load {what} from {name}: {str(err).splitlines()[0][:300]}") from err
