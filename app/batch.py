@@ -161,10 +161,10 @@ def run_batch(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cvvae.cli import add_pipeline_options
+    from cvvae.cli import Parser, add_pipeline_options
     from cvvae.pipelines.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m app.batch", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m app.batch", description=__doc__.split("\n\n")[0])
     p.add_argument("jobs", help="JSON Lines file: one job per line (id, mode, prompt or image, settings)")
     p.add_argument("--out-dir", required=True, help="folder for <id>.mp4, <id>.json and results.jsonl")
     p.add_argument("--preset", choices=sorted(PRESETS), default="svd-xt", help="models and defaults for every job")

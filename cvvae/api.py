@@ -195,8 +195,7 @@ def load_latents(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
         }
     except ValueError as err:
         raise InputError(f"{path} has invalid metadata ({err})") from err
-    if not 0 < parsed["fps"] <= vio.MAX_FPS:  # NaN fails too
-        raise InputError(f"{path} says its fps is {parsed['fps']}; a frame rate must be in (0, {vio.MAX_FPS:g}]")
+    vio.check_fps(parsed["fps"], f"{path} says its frame rate is")
     for key in ("frames", "height", "width"):
         if parsed[key] is not None and not 0 < parsed[key] <= 1_000_000:
             raise InputError(f"{path} has an impossible {key} ({parsed[key]}) in its metadata")

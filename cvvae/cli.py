@@ -19,6 +19,14 @@ from .hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, DEFAULT_SUBFOLDER, default_subf
 # ----------------------------------------------------------------------------- options
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the exit-code contract: a bad argument is one ``error:`` line (and ``--help``'s hint), exit 2."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -99,8 +107,8 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cvvae", description="CV-VAE video autoencoder tools")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="python -m cvvae", description="CV-VAE video autoencoder tools")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("reconstruct", help="encode + decode a video; print quality metrics as one JSON line")
     p.add_argument("input", help="video (mp4, webm, mov, mkv, gif) or still image")
@@ -291,7 +299,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
 
 def _add_generate_parser(subparsers) -> None:
     gen = subparsers.add_parser("generate", help="generate video in CV-VAE latent space (SVD, AnimateDiff, SD 2.1)")
-    sub = gen.add_subparsers(dest="generate_mode", required=True)
+    sub = gen.add_subparsers(dest="generate_mode", required=True, parser_class=Parser)
     i2v = sub.add_parser("i2v", help="image -> video with SVD; n latents -> 1 + 4(n-1) frames")
     i2v.add_argument("--image", required=True, help="conditioning image (scaled and centre-cropped to the size)")
     _add_generate_options(i2v, "i2v")

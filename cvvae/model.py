@@ -25,7 +25,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch.nn import functional as F
 
 from .errors import InputError, ModelLoadError
-from .hub import PICKLE_SUFFIXES, cache_first, check_local_weights, hub_error
+from .hub import PICKLE_SUFFIXES, cache_first, check_local_weights, hub_error, looks_local
 from .networks import Decoder, Encoder
 from .tiling import TilingSettings, tiled_decode, tiled_encode
 
@@ -282,6 +282,8 @@ class CVVAEModel(ModelMixin, ConfigMixin):
             )
         if path.exists():
             check_local_weights(path / (kwargs.get("subfolder") or ""), allow_pickle)
+        elif looks_local(path):
+            raise ModelLoadError(f"model folder {path} does not exist")
         kwargs.setdefault("use_safetensors", None if allow_pickle else True)
         kwargs["output_loading_info"] = True
         parent = super().from_pretrained

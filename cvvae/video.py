@@ -21,7 +21,7 @@ STILL_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 RESIZE_MODES = ("crop", "stretch")
 DEFAULT_FPS = 25.0  # for stills and streams that state no rate
 MAX_SIDE = 8192  # pixels: larger frames are refused before anything is allocated
-MAX_FPS = 1000.0  # frame rates outside (0, MAX_FPS] are refused
+FPS_RANGE = (0.1, 1000.0)  # frame rates outside it are refused (frames per second)
 MAX_IMAGE_PIXELS = 8192 * 8192  # still images beyond this are refused unread (decompression bombs)
 AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 
@@ -76,6 +76,14 @@ def _stream_fps(stream) -> float:
 
 
 # ----------------------------------------------------------------------------- frames
+
+
+def check_fps(fps: float, what: str = "fps") -> float:
+    """``fps`` when it is a frame rate a video can have (``FPS_RANGE``), else InputError (NaN included)."""
+    low, high = FPS_RANGE
+    if not low <= fps <= high:  # NaN fails both comparisons
+        raise InputError(f"{what} {fps} is not a usable frame rate; it must be a number in {low:g}..{high:g}")
+    return fps
 
 
 def resize_frame(frame: np.ndarray, size: tuple[int, int], resize: str = "crop") -> np.ndarray:
@@ -311,8 +319,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
         fps = float(fps)
     except (TypeError, ValueError):
         raise InputError(f"fps must be a number, got {fps!r}") from None
-    if not 0 < fps <= MAX_FPS:  # NaN fails both comparisons
-        raise InputError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps}")
+    check_fps(fps)
     h, w = frames.shape[1:3]
     if h % 2 or w % 2:
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")

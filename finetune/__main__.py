@@ -71,8 +71,10 @@ def cmd_params(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m finetune", description="Adapt the SVD UNet to CV-VAE latents")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from cvvae.cli import Parser
+
+    parser = Parser(prog="python -m finetune", description="Adapt the SVD UNet to CV-VAE latents")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("cache", help="encode training clips into the latent cache (resumable)")
     _add_config_args(p)
     p.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")

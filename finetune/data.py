@@ -30,7 +30,7 @@ from cvvae.errors import InputError
 from cvvae.latents import LatentScaling
 from cvvae.outputs import atomic_path, write_json_atomic
 from cvvae.pipelines.conditioning import clip_image_embeds
-from cvvae.video import MAX_FPS, VIDEO_SUFFIXES, frames_to_tensor, probe, read_video
+from cvvae.video import VIDEO_SUFFIXES, check_fps, frames_to_tensor, probe, read_video
 
 from .config import LatentCacheConfig
 
@@ -82,8 +82,8 @@ def list_sources(videos: str | Path) -> list[Source]:
             fps = float(fps) if fps not in (None, "") else None
         except (TypeError, ValueError) as err:
             raise InputError(f"{videos}: entry {i} has a bad fps {row['fps']!r}") from err
-        if fps is not None and not 0 < fps <= MAX_FPS:
-            raise InputError(f"{videos}: entry {i} has fps {fps}; it must be a number in (0, {MAX_FPS}]")
+        if fps is not None:
+            check_fps(fps, f"{videos}: entry {i} has fps")
         sources.append(Source(str(path), fps))
     return sources
 

@@ -7,7 +7,9 @@ import sys
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from ..cli import Parser
+
+    p = Parser(
         prog="python -m cvvae.training",
         description="Train CV-VAE with latent regularisation (or its small 2-D reference VAE). "
         "Re-running the same command resumes from the newest checkpoint in output_dir. "

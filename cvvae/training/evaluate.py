@@ -10,7 +10,6 @@ distance between Gaussians fitted to the per-position channel vectors. Writes JS
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -125,10 +124,11 @@ def to_markdown(results: dict, mapping: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli import Parser
     from ..model import CVVAEModel
     from .trainer import load_frozen_vae2d
 
-    p = argparse.ArgumentParser(prog="python -m cvvae.training evaluate", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m cvvae.training evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", required=True, help="NAME=FOLDER of a CVVAEModel (repeatable)")
     p.add_argument("--vae2d", required=True, help="the frozen 2-D VAE folder (diffusers AutoencoderKL)")
     p.add_argument("--videos", required=True, help="folder of the clips the models were trained on (held-out tails)")

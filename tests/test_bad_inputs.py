@@ -1,0 +1,200 @@
+"""Bad inputs, one table: every one gets exit code 2, one ``error:`` line, no traceback, nothing left behind.
+
+Each case builds what it needs in a fresh folder, runs one command line (in-process), and the common
+checks follow. A few cases that are not command lines (the web demo's handlers) come after the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+from conftest import CLIP, IMAGE
+from safetensors.torch import save_file
+
+from app.batch import main as batch_main
+from cvvae.cli import main as cvvae_main
+from finetune.__main__ import main as finetune_main
+
+TINY = ["--model", "tiny", "--device", "cpu"]
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width x height`` (a decompression bomb is refused before it is read)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"\0" * 64)), (b"IEND", b"")]
+    body = b"".join(struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d)) for t, d in chunks)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+def latents(path: Path, **meta) -> Path:
+    base = {"fps": "12.0", "frames": "5", "height": "16", "width": "16", "model": "tiny"}
+    save_file({"latents": torch.zeros(1, 4, 2, 2, 2)}, str(path), metadata={**base, **meta})
+    return path
+
+
+def wrong_shape_weights(folder: Path) -> Path:
+    from cvvae.loading import build_tiny_vae
+
+    build_tiny_vae().save_pretrained(folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(weights))
+    tensors["encoder.conv_in.weight"] = tensors["encoder.conv_in.weight"][:, :, :1].contiguous()
+    save_file(tensors, str(weights))
+    return folder
+
+
+def corrupt_weights(folder: Path) -> Path:
+    from cvvae.loading import build_tiny_vae
+
+    build_tiny_vae().save_pretrained(folder)
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 100)
+    return folder
+
+
+def jobs(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def existing_output(d: Path) -> list[str]:
+    (d / "out.json").write_text("{}")  # a sidecar from an earlier run, without its mp4
+    return ["reconstruct", str(CLIP), str(d / "out.mp4"), *TINY, "--frames", "1"]
+
+
+def readonly_folder(d: Path) -> list[str]:
+    folder = d / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return gen(folder)
+
+
+def under_a_file(d: Path) -> list[str]:
+    (d / "file").write_text("x")
+    return gen(d / "file")
+
+
+def video_list(d: Path, line: str) -> list[str]:
+    (d / "list.jsonl").write_text(line + "\n")
+    return [
+        "cache",
+        "model.base=tiny",
+        "model.cvvae=tiny",
+        f"data.videos={d / 'list.jsonl'}",
+        f"data.cache_dir={d / 'c'}",
+    ]
+
+
+def rec(d: Path, *extra, source=CLIP) -> list[str]:
+    """``reconstruct SOURCE d/o.mp4 EXTRA`` (the tiny model unless EXTRA names one)."""
+    model = [] if "--model" in extra else TINY
+    return ["reconstruct", str(source), str(d / "o.mp4"), *model, *extra]
+
+
+def gen(d: Path, *extra, image=IMAGE) -> list[str]:
+    return ["generate", "i2v", "--preset", "tiny", "--image", str(image), "--out", str(d / "o.mp4"), *extra]
+
+
+def dec(d: Path, **meta) -> list[str]:
+    return ["decode", str(latents(d / "z.safetensors", **meta)), str(d / "o.mp4"), *TINY]
+
+
+def batch(d: Path, line: str) -> list[str]:
+    return [str(jobs(d / "j.jsonl", line)), "--out-dir", str(d / "out"), "--preset", "tiny"]
+
+
+ROOT = os.geteuid() == 0
+# (name, program, arguments built in folder d, words the error line must contain)
+CASES = [
+    ("huge size", cvvae_main, lambda d: rec(d, "--height", "100000", "--width", "96"), "at most 8192"),
+    ("decompression bomb", cvvae_main, lambda d: rec(d, source=png_header(d / "b.png", 20000, 20000)), "scale it"),
+    ("bomb as image", cvvae_main, lambda d: gen(d, image=png_header(d / "b.png", 20000, 20000)), "scale it"),
+    ("seed beyond 64 bits", cvvae_main, lambda d: rec(d, "--sample", "--seed", str(2**64)), "seed"),
+    ("negative generation seed", cvvae_main, lambda d: gen(d, "--seed", "-1"), "seed"),
+    ("latents fps 1e12", cvvae_main, lambda d: dec(d, fps="1e12"), "frame rate"),
+    ("latents fps 1e-9", cvvae_main, lambda d: dec(d, fps="1e-9"), "frame rate"),
+    ("latents frames -3", cvvae_main, lambda d: dec(d, frames="-3"), "frames"),
+    ("wrong-shape weights", cvvae_main, lambda d: rec(d, "--model", str(wrong_shape_weights(d / "m"))), "conv_in"),
+    ("corrupt weights", cvvae_main, lambda d: rec(d, "--model", str(corrupt_weights(d / "m"))), "does not hold"),
+    ("missing local model", cvvae_main, lambda d: rec(d, "--model", str(d / "none")), "does not exist"),
+    ("not cached, offline", cvvae_main, lambda d: rec(d, "--model", "AILab-CVC/CV-VAE"), "hf download AILab-CVC"),
+    ("existing sidecar", cvvae_main, existing_output, "--overwrite"),
+    pytest.param("read-only folder", cvvae_main, readonly_folder, "writable",
+                 marks=pytest.mark.skipif(ROOT, reason="root writes into read-only folders")),
+    ("output under a file", cvvae_main, under_a_file, "writable"),
+    ("unknown option", cvvae_main, lambda d: rec(d, "--bogus"), "--bogus"),
+    ("batch id with a newline", batch_main, lambda d: batch(d, json.dumps({"id": "a\n", "mode": "t2v"})), "id"),
+    ("batch line is an array", batch_main, lambda d: batch(d, "[1, 2]"), "JSON object"),
+    ("video list line is an array", finetune_main, lambda d: video_list(d, "[1, 2]"), "object with a 'path'"),
+    ("video list fps nan", finetune_main, lambda d: video_list(d, json.dumps({"path": str(CLIP), "fps": "nan"})),
+     "fps"),
+    ("config value of the wrong type", finetune_main, lambda d: ["train", "train.max_steps=many"], "integer"),
+]  # fmt: skip
+IDS = [case.values[0] if hasattr(case, "values") else case[0] for case in CASES]
+
+
+@pytest.mark.parametrize("name, program, build, words", CASES, ids=IDS)
+def test_bad_input_gets_a_clean_error(name, program, build, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = build(work)
+    before = set(work.rglob("*"))
+    try:
+        code = program(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    finally:
+        (work / "ro").exists() and (work / "ro").chmod(0o700)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert words in lines[0], lines[0]
+    new = [
+        p for p in set(work.rglob("*")) - before if p.suffix in (".mp4", ".json", ".safetensors") or ".tmp" in p.name
+    ]
+    assert not new, new  # no output, whole or partial
+
+
+def test_tiny_frames_reconstruct(tmp_path, capsys):
+    """Frames under 12 pixels used to crash the flow measure after all the work; they now just work."""
+    code = cvvae_main(["reconstruct", str(CLIP), str(tmp_path / "o.mp4"), *TINY, "--frames", "5", "--height", "8",
+                       "--width", "10"])  # fmt: skip
+    assert code == 0 and json.loads(capsys.readouterr().out)["height"] == 8
+
+
+def test_single_video_as_the_finetune_data(tmp_path):
+    from finetune.data import list_sources
+
+    assert [s.path for s in list_sources(CLIP)] == [str(CLIP)]
+
+
+def test_overwrite_and_stale_temporaries(tmp_path, capsys):
+    out = tmp_path / "o.mp4"
+    stale = tmp_path / ".o.1a2b3c4d.tmp.mp4"  # what a killed run leaves
+    stale.write_bytes(b"half a video")
+    argv = ["reconstruct", str(CLIP), str(out), *TINY, "--frames", "1"]
+    assert cvvae_main(argv) == 0 and not stale.exists()
+    assert cvvae_main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert cvvae_main([*argv, "--overwrite"]) == 0
+
+
+def test_app_refuses_non_numbers_with_its_own_message(tmp_path):
+    from app.handlers import ADAPTER_NONE, AppConfig, Handlers
+
+    handlers = Handlers(AppConfig(preset="tiny", outputs=tmp_path / "out"))
+    with pytest.raises(gr.Error, match="seed must be a whole number, got 'abc'"):
+        handlers.image_to_video(str(IMAGE), "abc", 2, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
+    with pytest.raises(gr.Error, match="fps must be a number"):
+        handlers.text_to_video("a cat", "", "animatediff", 0, 2, 7.5, "fast", 2, "64x64", "off")
+    assert not list((tmp_path / "out").glob("*"))
