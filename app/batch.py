@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -124,7 +125,9 @@ def run_batch(
     jobs = read_jobs(jobs_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = PartialState()
+    # on CPUs, processes launched together talk over gloo only when told they are CPU processes
+    use_cpu = str(device or "").startswith("cpu") or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    state = PartialState(cpu=use_cpu)
     finished = [j for j, _ in jobs if is_finished(out_dir, j)]
     pending = [(j, s) for j, s in jobs if j not in set(finished)]
     if finished and state.is_main_process:
@@ -139,7 +142,7 @@ def run_batch(
             mine, desc=f"jobs[{state.process_index}]", unit="job", disable=not progress, position=state.process_index
         )
         for job_id, settings in bar:
-            outcome = run_job(job_id, settings, out_dir, options)
+            outcome = {**run_job(job_id, settings, out_dir, options), "process": state.process_index}
             record(out_dir, outcome)
             if outcome["status"] == "failed":
                 tqdm.write(f"job {job_id} failed: {outcome['error']}", file=sys.stderr)

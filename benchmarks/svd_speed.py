@@ -245,7 +245,7 @@ def time_steps(args, mode, checkpointing, height, width, cfg, dtype) -> dict:
         sync(args.device)
         start = time.perf_counter()
         with torch.autocast(args.device, dtype=dtype, enabled=dtype != torch.float32):
-            loss = edm_loss(unet, vae, batch, cfg, scaling, torch.Generator().manual_seed(i))
+            loss = edm_loss(unet, vae, batch, cfg, scaling, [torch.Generator().manual_seed(i)])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -36,9 +36,11 @@ def cmd_train(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from accelerate import PartialState
+
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, resume=args.resume)
-    print(json.dumps(result))
+    PartialState().print(json.dumps(result))  # once, from the main process
     return 0
 
 

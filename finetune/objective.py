@@ -13,6 +13,7 @@ frame gets noise in pixels and is encoded by CV-VAE, and the latents cross the b
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from cvvae.latents import LatentScaling, to_diffusion
@@ -40,28 +41,38 @@ def conditioning_latent(vae, cond_pixels: torch.Tensor, strength: torch.Tensor, 
         return conditioning.image_latent(vae, conditioning.augment_image(pixels, strength, noise)).float()
 
 
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """The random draws of one training sample: a function of the run's seed and the sample's global index
+    only, so they do not depend on how samples are split over processes and batches, or on interruptions."""
+    value = int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(value)
+
+
 def edm_loss(
-    unet, vae, batch: dict, cfg: AdapterTrainConfig, scaling: LatentScaling, generator: torch.Generator
+    unet, vae, batch: dict, cfg: AdapterTrainConfig, scaling: LatentScaling, generators: list[torch.Generator]
 ) -> torch.Tensor:
-    """One EDM loss on a batch of cached clips; all randomness comes from ``generator`` (on the CPU)."""
+    """One EDM loss on a batch of cached clips; sample ``i`` draws all its randomness from ``generators[i]``."""
     mean, logvar = batch["latents_mean"], batch["latents_logvar"]  # [B, C, n, h, w], raw
     device, b = mean.device, mean.shape[0]
 
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator).to(device)
+    def draw(fn) -> torch.Tensor:
+        """One draw per sample, from its own generator, stacked: [B, ...]."""
+        return torch.stack([fn(g) for g in generators]).to(device)
 
-    latents = to_diffusion(mean + (0.5 * logvar).exp() * randn(mean.shape), scaling)
+    def randn(shape):
+        return draw(lambda g: torch.randn(shape, generator=g))
+
+    latents = to_diffusion(mean + (0.5 * logvar).exp() * randn(mean.shape[1:]), scaling)
     latents = latents.permute(0, 2, 1, 3, 4)  # [B, C, n, h, w] -> [B, n, C, h, w] (SVD UNet layout)
-    sigma = (cfg.p_mean + cfg.p_std * randn(b)).exp()
+    sigma = (cfg.p_mean + cfg.p_std * randn(())).exp()  # [B]
     pre = {k: v.view(b, 1, 1, 1, 1) for k, v in precondition(sigma).items()}
-    noisy = latents + sigma.view(b, 1, 1, 1, 1) * randn(latents.shape)
+    noisy = latents + sigma.view(b, 1, 1, 1, 1) * randn(latents.shape[1:])
 
     # conditioning: the noise-augmented first frame encoded by CV-VAE (unscaled) and its CLIP embedding
-    aug = (cfg.noise_aug_mean + cfg.noise_aug_std * randn(b)).exp() if cfg.noise_aug_std > 0 else torch.zeros(b)
-    aug = aug.to(device)
-    cond = conditioning_latent(vae, batch["cond_pixels"], aug, randn(batch["cond_pixels"].shape))  # [B, C, h, w]
+    aug = (cfg.noise_aug_mean + cfg.noise_aug_std * randn(())).exp() if cfg.noise_aug_std > 0 else randn(()) * 0
+    cond = conditioning_latent(vae, batch["cond_pixels"], aug, randn(batch["cond_pixels"].shape[1:]))  # [B, C, h, w]
     embeds = batch["image_embeds"]  # [B, 1, D]
-    keep = (torch.rand(b, generator=generator) >= cfg.conditioning_dropout).float().to(device)
+    keep = (draw(lambda g: torch.rand((), generator=g)) >= cfg.conditioning_dropout).float()
     cond, embeds = cond * keep.view(b, 1, 1, 1), embeds * keep.view(b, 1, 1)  # CFG: zeros = unconditional
     cond = cond.unsqueeze(1).expand(-1, latents.shape[1], -1, -1, -1)  # [B, C, h, w] -> [B, n, C, h, w]
 

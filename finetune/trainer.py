@@ -4,7 +4,8 @@ Checkpoints (``checkpoint-STEP/``) hold the trainable tensors of the UNet and th
 safetensors, the LR scheduler and the data position (:class:`TrainState`) as JSON, and every process's
 random state: nothing in them is unpickled, and a completion marker is written last
 (``cvvae.checkpoints``). Every random draw of the objective comes from a generator seeded by (seed,
-process, micro-batch), so a resumed run repeats exactly the draws an uninterrupted run makes.
+global sample index), so a resumed run repeats exactly the draws an uninterrupted run makes, and two
+processes with batch 1 the draws of one process with batch 2.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cvvae import checkpoints
@@ -26,7 +26,7 @@ from cvvae.outputs import write_json_atomic
 from .config import FinetuneConfig
 from .data import LatentCache
 from .models import adapter_info, load_cvvae, load_unet, model_ids, setup_trainable, trainable_parameters
-from .objective import edm_loss
+from .objective import edm_loss, sample_generator
 
 log = logging.getLogger(__name__)
 TRAINABLE_FILE = "trainable.safetensors"
@@ -46,12 +46,6 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.epoch, self.batch, self.micro = (int(state[k]) for k in ("step", "epoch", "batch", "micro"))
-
-
-def micro_generator(seed: int, rank: int, micro: int) -> torch.Generator:
-    """The generator of one micro-batch: independent of how the run was interrupted."""
-    value = int(np.random.SeedSequence([seed, rank, micro]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(value)
 
 
 def save_checkpoint(accelerator, unet, optimizer, scheduler, state: TrainState, out: Path, keep: int) -> Path:
@@ -199,9 +193,11 @@ def _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state: Trai
         loader.set_epoch(state.epoch)
         batches = accelerator.skip_first_batches(loader, state.batch) if state.batch else loader
         for batch in batches:
-            gen = micro_generator(t.seed, accelerator.process_index, state.micro)
+            # global sample indices of this process's part of the micro-batch (as accelerate splits batches)
+            first = (state.micro * accelerator.num_processes + accelerator.process_index) * t.batch_size
+            gens = [sample_generator(t.seed, first + j) for j in range(t.batch_size)]
             with accelerator.accumulate(unet):
-                loss = edm_loss(unet, vae, batch, t, scaling, gen)
+                loss = edm_loss(unet, vae, batch, t, scaling, gens)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, t.max_grad_norm)
