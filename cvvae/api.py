@@ -149,6 +149,7 @@ def encode_file(
         "height": str(frames.shape[1]),
         "width": str(frames.shape[2]),
         "model": model_id,
+        "variant": type(vae).__name__,  # CVVAEModel (4 latent channels) or CVVAESD3Model (16)
         "source": str(in_path),
         "sample_posterior": json.dumps(sample),
     }
@@ -191,6 +192,7 @@ def load_latents(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
             "height": int(meta["height"]) if "height" in meta else None,
             "width": int(meta["width"]) if "width" in meta else None,
             "model": meta.get("model"),
+            "variant": meta.get("variant"),
             "source": meta.get("source"),
         }
     except ValueError as err:
@@ -216,8 +218,16 @@ def decode_file(
     out = check_output_path(out_path, ".mp4", latents_path, overwrite=overwrite)
     z, meta = load_latents(latents_path)
     vae = _resolve(vae)
-    if z.shape[1] != vae.config.z_channels:
-        raise InputError(f"latents have {z.shape[1]} channels but the model expects {vae.config.z_channels}")
+    variant = type(vae).__name__
+    if meta["variant"] and meta["variant"] != variant:
+        raise InputError(
+            f"{latents_path} holds {meta['variant']} latents, and {model_id} is a {variant}: "
+            f"decode them with a {meta['variant']} (the model that encoded them: {meta['model']})"
+        )
+    if z.shape[1] != vae.latent_channels:
+        raise InputError(
+            f"latents have {z.shape[1]} channels but {model_id} ({variant}) expects {vae.latent_channels}"
+        )
     device, dtype = _place(vae)
     t0 = time.perf_counter()
     x = vae.decode(z.to(device=device, dtype=dtype), tiling=tiling).sample  # [1, 3, 1 + 4 (n - 1), 8h, 8w]

@@ -129,8 +129,8 @@ class PooledGroupNorm(nn.GroupNorm):
         return xg.reshape(x.shape) * self.weight.reshape(affine) + self.bias.reshape(affine)
 
 
-def group_norm(channels: int, groups: int) -> PooledGroupNorm:
-    return PooledGroupNorm(groups, channels, eps=GROUPNORM_EPS, affine=True)
+def group_norm(channels: int, groups: int, eps: float = GROUPNORM_EPS) -> PooledGroupNorm:
+    return PooledGroupNorm(groups, channels, eps=eps, affine=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,26 +169,32 @@ class CausalHistory:
 
 
 class CausalConv3d(nn.Conv3d):
-    """3-D conv, zero padded in space, causal in time (frame 0 replicated ``k - 1`` times)."""
+    """3-D conv, causal in time (frame 0 replicated ``k - 1`` times in front), padded in space with
+    zeros (SD 2.1 variant) or by replicating edge pixels (``spatial="replicate"``, SD3 variant)."""
 
     history: CausalHistory | None = None  # set while a clip streams window by window (``cvvae.tiling``)
 
-    def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
+    def __init__(self, cin: int, cout: int, kernel_size: int, spatial: str = "zeros", stride=1) -> None:
         p = kernel_size // 2
-        super().__init__(cin, cout, kernel_size, padding=(0, p, p))
-        self.time_pad = kernel_size - 1
+        zeros = spatial == "zeros"
+        super().__init__(cin, cout, kernel_size, stride=stride, padding=(0, p, p) if zeros else 0)
+        self.time_pad, self.replicate = kernel_size - 1, 0 if zeros else p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.time_pad:
-            x = self.history.pad(self, x, self.time_pad) if self.history else _repeat_first_frame(x, self.time_pad)
+            stride = self.stride[0]
+            pad = self.history.pad if self.history else lambda _layer, x, n, _stride: _repeat_first_frame(x, n)
+            x = pad(self, x, self.time_pad, stride)
+        if self.replicate:
+            x = F.pad(x, (self.replicate,) * 4 + (0, 0), mode="replicate")
         return super().forward(x)
 
 
 class PlainConv3d(nn.Conv3d):
-    """3-D conv zero padded in time and space (the decoder's non-causal conv)."""
+    """3-D conv padded in time and space with zeros (SD 2.1 variant's decoder) or by replication (SD3 variant)."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
-        super().__init__(cin, cout, kernel_size, padding=kernel_size // 2)
+    def __init__(self, cin: int, cout: int, kernel_size: int, mode: str = "zeros") -> None:
+        super().__init__(cin, cout, kernel_size, padding=kernel_size // 2, padding_mode=mode)
 
 
 class FrameConv2d(nn.Conv2d):
@@ -206,8 +212,16 @@ class FrameConv2d(nn.Conv2d):
 
 
 def make_conv(kind: str, cin: int, cout: int, kernel_size: int) -> nn.Module:
-    """``kind`` is ``causal``, ``plain`` (3-D) or ``frame`` (per-frame 2-D)."""
-    return {"causal": CausalConv3d, "plain": PlainConv3d, "frame": FrameConv2d}[kind](cin, cout, kernel_size)
+    """``kind`` is ``causal``, ``plain`` (3-D, zero padded in space), their ``-replicate`` forms (edge
+    pixels replicated, the SD3 variant's) or ``frame`` (per-frame 2-D)."""
+    kinds = {
+        "causal": lambda: CausalConv3d(cin, cout, kernel_size),
+        "causal-replicate": lambda: CausalConv3d(cin, cout, kernel_size, spatial="replicate"),
+        "plain": lambda: PlainConv3d(cin, cout, kernel_size),
+        "plain-replicate": lambda: PlainConv3d(cin, cout, kernel_size, mode="replicate"),
+        "frame": lambda: FrameConv2d(cin, cout, kernel_size),
+    }
+    return kinds[kind]()
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,23 +230,41 @@ def make_conv(kind: str, cin: int, cout: int, kernel_size: int) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GN -> SiLU -> conv1 (3-D) -> GN -> SiLU -> dropout -> conv2 (per frame) + shortcut."""
+    """GN -> SiLU -> conv1 (3-D) -> GN -> SiLU -> dropout -> conv2 (per frame) + shortcut.
 
-    def __init__(self, cin: int, cout: int, conv_kind: str, second_kind: str, groups: int, dropout: float) -> None:
+    The shortcut (when channels change) is the SD 2.1 variant's 3-D 1x1 ``nin_shortcut`` or the SD3
+    variant's per-frame ``conv_shortcut`` (``shortcut="conv_shortcut"``).
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        conv_kind: str,
+        second_kind: str,
+        groups: int,
+        dropout: float,
+        eps: float = GROUPNORM_EPS,
+        shortcut: str = "nin_shortcut",
+    ) -> None:
         super().__init__()
-        self.norm1 = group_norm(cin, groups)
+        self.norm1 = group_norm(cin, groups, eps)
         self.conv1 = make_conv(conv_kind, cin, cout, 3)
-        self.norm2 = group_norm(cout, groups)
+        self.norm2 = group_norm(cout, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = make_conv(second_kind, cout, cout, 3)
-        if cin != cout:
-            self.nin_shortcut = make_conv(conv_kind, cin, cout, 1)
+        self.shortcut_name = shortcut if cin != cout else None
+        if self.shortcut_name:
+            kind = "frame" if shortcut == "conv_shortcut" else conv_kind
+            self.add_module(shortcut, make_conv(kind, cin, cout, 1))
+
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.shortcut_name)(x) if self.shortcut_name else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        return shortcut + h
+        return self._shortcut(x) + h
 
     def steps(self) -> list:
         """``forward`` as steps on a box's state ``{"h": ..., "skip": ...}``, paused at each GroupNorm
@@ -245,9 +277,7 @@ class ResBlock(nn.Module):
             state["h"] = self.conv1(F.silu(state["h"]))
 
         def second(state: dict) -> None:
-            x = state.pop("skip")
-            shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-            state["h"] = shortcut + self.conv2(self.dropout(F.silu(state["h"])))
+            state["h"] = self._shortcut(state.pop("skip")) + self.conv2(self.dropout(F.silu(state["h"])))
 
         return [keep, self.norm1, first, self.norm2, second]
 
@@ -269,12 +299,16 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest x2 in space; with ``time``, conv channel halves become interleaved frames (T -> 2T - 1)."""
+    """Nearest x2 in space; with ``time``, conv channel halves become interleaved frames (T -> 2T - 1).
 
-    def __init__(self, channels: int, time: bool) -> None:
+    The conv sees one replicated frame at each end in time, and zeros (SD 2.1 variant) or replicated
+    edge pixels (``spatial="replicate"``, SD3 variant) around each frame.
+    """
+
+    def __init__(self, channels: int, time: bool, spatial: str = "zeros") -> None:
         super().__init__()
         self.time = time
-        self.conv = nn.Conv3d(channels, channels * (2 if time else 1), 3, padding=(0, 1, 1))
+        self.conv = nn.Conv3d(channels, channels * (2 if time else 1), 3, padding=(0, 1, 1), padding_mode=spatial)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
@@ -349,6 +383,24 @@ class SpatialTemporalAttention(SpatialAttention):
         a = F.scaled_dot_product_attention(self.q_t(y), self.k_t(y), self.v_t(y))
         u = self.proj_out_t(a).reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2)  # (B, C, T, H, W)
         return x + u
+
+
+class FrameAttention(nn.Module):
+    """The SD3 variant's attention: single-head self-attention over the pixels of each frame, with
+    diffusers' key names (``group_norm``, ``to_q``/``to_k``/``to_v`` and ``to_out.0`` linear layers)."""
+
+    def __init__(self, channels: int, groups: int, eps: float) -> None:
+        super().__init__()
+        self.group_norm = nn.GroupNorm(groups, channels, eps=eps, affine=True)
+        self.to_q, self.to_k, self.to_v = (nn.Linear(channels, channels) for _ in range(3))
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        y = self.group_norm(_frames_to_batch(x)).flatten(2).transpose(1, 2)  # (B T, H W, C)
+        a = F.scaled_dot_product_attention(self.to_q(y), self.to_k(y), self.to_v(y))
+        a = self.to_out[0](a).transpose(1, 2).reshape(b * t, c, h, w)
+        return x + _batch_to_frames(a, t)
 
 
 def make_attention(attn_type: str, channels: int, groups: int) -> nn.Module:

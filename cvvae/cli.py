@@ -240,14 +240,15 @@ def run_decode(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- generate
 
-DEFAULT_PRESET = {"i2v": "svd-xt", "t2v": "animatediff"}
+DEFAULT_PRESET = {"i2v": "svd-xt", "t2v": "animatediff", "t2i": "sd3"}
 
 
 def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
     from .pipelines.presets import PRESETS
 
+    kind = ".png" if mode == "t2i" else ".mp4"
     p.add_argument(
-        "--out", required=True, help="output .mp4 (a .json sidecar with every setting is written next to it)"
+        "--out", required=True, help=f"output {kind} (a .json sidecar with every setting is written beside it)"
     )
     p.add_argument(
         "--preset",
@@ -310,6 +311,10 @@ def _add_generate_parser(subparsers) -> None:
         "--t2v-backbone", choices=("animatediff", "sd21"), default=None, help="default: the preset's (animatediff)"
     )
     _add_generate_options(t2v, "t2v")
+    t2i = sub.add_parser("t2i", help="text -> image with SD3, decoded by the SD3-compatible CV-VAE (.png)")
+    t2i.add_argument("--prompt", required=True)
+    t2i.add_argument("--negative-prompt", default="")
+    _add_generate_options(t2i, "t2i")
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -322,7 +327,7 @@ def settings_from_args(args: argparse.Namespace):
         "image", "prompt", "negative_prompt", "t2v_backbone",
     )  # fmt: skip
     given = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-    if args.guidance is not None and args.mode == "t2v":
+    if args.guidance is not None and args.mode in ("t2v", "t2i"):
         given["guidance"] = args.guidance
     elif args.guidance is not None:
         given.setdefault("max_guidance", args.guidance)  # i2v: SVD's guidance at the last frame
@@ -332,11 +337,11 @@ def settings_from_args(args: argparse.Namespace):
 def run_generate(args: argparse.Namespace) -> int:
     from .loading import RANDOM_WEIGHTS_NOTICE
     from .outputs import check_output_path
-    from .pipelines.api import generate
+    from .pipelines.api import generate, output_suffix
     from .pipelines.presets import parse_components
 
     settings = settings_from_args(args).validate()  # fail on bad values before loading anything
-    check_output_path(args.out, ".mp4", overwrite=args.overwrite)
+    check_output_path(args.out, output_suffix(args.mode), overwrite=args.overwrite)
     result = generate(
         settings,
         args.out,
@@ -349,9 +354,11 @@ def run_generate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     m = result.metadata
+    size = f"{m['width']}x{m['height']}"
+    frames = f"{result.frames} frames from {m['latent_frames']} latents, {size} at {result.fps:g} fps"
+    what = f"an image, {size}" if args.mode == "t2i" else frames
     print(
-        f"wrote {result.video_path} ({result.frames} frames from {m['latent_frames']} latents, "
-        f"{m['width']}x{m['height']} at {result.fps:g} fps, {m['backbone']} + {m['settings']['vae']} VAE) "
+        f"wrote {result.video_path} ({what}, {m['backbone']} + {m['settings']['vae']} VAE) "
         f"and {result.sidecar_path} in {result.seconds:.1f} s"
     )
     if args.preset == "tiny":

@@ -13,6 +13,7 @@ from .errors import ModelLoadError
 CVVAE_HUB_ID = "AILab-CVC/CV-VAE"
 CVVAE_SUBFOLDERS = ("vae3d_v1-1", "vae3d")  # the SD 2.1 / SVD-compatible releases, newest first
 DEFAULT_SUBFOLDER = CVVAE_SUBFOLDERS[0]
+SD3_SUBFOLDER = "vae3d_sd3"  # the SD3-compatible release (16 latent channels)
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 
 

@@ -7,22 +7,45 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
-from .hub import default_subfolder
-from .model import CVVAEModel
+from .hub import cache_first, default_subfolder, looks_local
+from .model import MODEL_CLASSES, CVVAEModel, CVVAESD3Model, _CVVAEFamily
 
-# A CV-VAE small enough for CPU tests and machines without weights, with the released structure.
+# CV-VAEs small enough for CPU tests and machines without weights, with the released structures.
 TINY_VAE_CONFIG = dict(ch=8, ch_mult=(1, 1, 2, 2), norm_num_groups=4, num_res_blocks=1)
+TINY_SD3_CONFIG = dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4)
 RANDOM_WEIGHTS_NOTICE = "outputs come from RANDOM weights (the 'tiny' preset): they show the mechanics, not quality"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Named models shipped in the repository (folders with config.json + safetensors).
 NAMED_MODELS = {"nano": REPO_ROOT / "assets" / "nano" / "cvvae"}
 
 
-def build_tiny_vae(seed: int = 0) -> CVVAEModel:
-    """A random tiny ``CVVAEModel`` built in-process (no download), in eval mode."""
+def build_tiny_vae(seed: int = 0, variant: str = "sd21") -> _CVVAEFamily:
+    """A random tiny CV-VAE built in-process (no download), in eval mode: ``sd21`` (4 latent channels) or ``sd3``."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
+        if variant == "sd3":
+            return CVVAESD3Model(**TINY_SD3_CONFIG).eval()
         return CVVAEModel(**TINY_VAE_CONFIG).eval()
+
+
+def model_class(model: str | Path, subfolder: str | None = None) -> type[_CVVAEFamily]:
+    """The class a CV-VAE's ``config.json`` names (``_class_name``): :class:`CVVAEModel` or ``CVVAESD3Model``."""
+    path = Path(model) / (subfolder or "") / "config.json"
+    try:
+        if path.is_file():
+            config = _CVVAEFamily.load_config(path.parent)
+        elif looks_local(model):
+            return CVVAEModel  # from_pretrained says what is missing
+        else:
+            config = cache_first(_CVVAEFamily.load_config, str(model), subfolder=subfolder)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError):
+        return CVVAEModel  # from_pretrained says what is wrong
+    name = config.get("_class_name", "CVVAEModel")
+    if name not in MODEL_CLASSES:
+        raise ModelLoadError(f"{model} holds a {name}, not a CV-VAE ({', '.join(MODEL_CLASSES)})")
+    return MODEL_CLASSES[name]
 
 
 def load_vae(
@@ -32,10 +55,11 @@ def load_vae(
     dtype: torch.dtype | None = None,
     allow_pickle: bool = False,
     **config_overrides,
-) -> CVVAEModel:
+) -> _CVVAEFamily:
     """Load a CV-VAE by name (``tiny``, ``nano``), local folder or hub id, onto ``device`` in ``dtype``.
 
-    The released repository without a subfolder loads its newest SD 2.1 / SVD model.
+    The class (SD 2.1 / SVD or SD3 variant) comes from the model's ``config.json``. The released
+    repository without a subfolder loads its newest SD 2.1 / SVD model.
     """
     name = str(model)
     if name == "tiny":
@@ -44,9 +68,9 @@ def load_vae(
         path = NAMED_MODELS.get(name, model)
         if name in NAMED_MODELS and not Path(path).is_dir():
             raise ModelLoadError(f"the '{name}' model is not in this checkout ({path} is missing)")
-        vae = CVVAEModel.from_pretrained(
-            path, subfolder=default_subfolder(name, subfolder), allow_pickle=allow_pickle, **config_overrides
-        )
+        subfolder = default_subfolder(name, subfolder)
+        cls = model_class(path, subfolder)
+        vae = cls.from_pretrained(path, subfolder=subfolder, allow_pickle=allow_pickle, **config_overrides)
     if dtype is not None:
         torch.nn.Module.to(vae, dtype=dtype)  # (ModelMixin.to warns about casts; none matter here)
     return vae.to(device=device).eval()

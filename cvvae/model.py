@@ -27,9 +27,11 @@ from torch.nn import functional as F
 from .errors import InputError, ModelLoadError
 from .hub import PICKLE_SUFFIXES, cache_first, check_local_weights, hub_error, looks_local
 from .networks import Decoder, Encoder
+from .networks_sd3 import DecoderSD3, EncoderSD3
 from .tiling import TilingSettings, tiled_decode, tiled_encode
 
 TilingLike = TilingSettings | dict | None
+SD3_SCALING_FACTOR, SD3_SHIFT_FACTOR = 1.5305, 0.0609  # SD3's image VAE (and so its transformer's) latent convention
 
 
 class CVVAEPosterior(DiagonalGaussianDistribution):
@@ -62,72 +64,17 @@ def video_frames(latents: int) -> int:
     return 1 + 4 * (latents - 1)
 
 
-class CVVAEModel(ModelMixin, ConfigMixin):
-    """CV-VAE with the released ``config.json`` keys.
+class _CVVAEFamily(ModelMixin, ConfigMixin):
+    """What both CV-VAE variants share: shapes and padding, tiling, the posterior, encode/decode, loading.
 
-    The released runtime keys ``en_de_n_frames_a_time`` (frames per temporal window),
-    ``tile_spatial_size`` (pixel tile size) and ``tile_overlap_ratio`` are the defaults of the
-    tiling settings (``None`` disables an axis); change them with ``enable_tiling`` /
-    ``disable_tiling`` or override them in ``from_pretrained(...)``. ``norm_num_groups`` is our
-    one addition (default 32, as in the release) so tests can build tiny models.
+    Subclasses build ``self.encoder``/``self.decoder`` (networks with ``high``/``low`` stages) and set
+    ``self.tiling`` from their config; ``latent_channels`` and ``video_channels`` name their sizes.
     """
 
     config_name = "config.json"
     _supports_gradient_checkpointing = True
-
-    @register_to_config
-    def __init__(
-        self,
-        double_z: bool = True,
-        z_channels: int = 4,
-        in_channels: int = 3,
-        out_ch: int = 3,
-        ch: int = 128,
-        ch_mult: tuple[int, ...] = (1, 2, 4, 4),
-        num_res_blocks: int = 2,
-        attn_resolutions: tuple[int, ...] = (),
-        dropout: float = 0.0,
-        use_3d_conv: bool = True,
-        half_3d: bool = True,
-        causal_encoder: bool = True,
-        causal_decoder: bool = False,
-        encoder_attn_type: str = "vanilla-xformers",
-        decoder_attn_type: str = "spatial-temporal-xformer",
-        scaling_factor: float = 0.18215,
-        force_upcast: bool = True,
-        en_de_n_frames_a_time: int | None = 16,
-        time_n_compress: int = 4,
-        spatial_n_compress: int = 8,
-        tile_spatial_size: int | None = 576,
-        num_video_frames: int | None = None,
-        tile_overlap_ratio: float = 0.2222,
-        reshape_z_dim_to_4: bool = False,
-        reshape_x_dim_to_4: bool = False,
-        norm_num_groups: int = 32,
-    ) -> None:
-        super().__init__()
-        if len(ch_mult) != 4 or time_n_compress != 4 or spatial_n_compress != 8:
-            raise ValueError("CV-VAE has 4 levels (ch_mult of length 4): 4x temporal and 8x spatial compression")
-        if attn_resolutions:
-            raise ValueError(
-                "attn_resolutions is not supported: the released model has attention in the mid block only"
-            )
-        if ch % norm_num_groups:
-            raise ValueError(f"ch={ch} must be divisible by norm_num_groups={norm_num_groups}")
-        common = dict(
-            ch=ch,
-            ch_mult=ch_mult,
-            num_res_blocks=num_res_blocks,
-            groups=norm_num_groups,
-            dropout=dropout,
-            use_3d_conv=use_3d_conv,
-            half_3d=half_3d,
-        )
-        self.encoder = Encoder(
-            in_channels, z_channels, double_z=double_z, causal=causal_encoder, attn_type=encoder_attn_type, **common
-        )
-        self.decoder = Decoder(out_ch, z_channels, causal=causal_decoder, attn_type=decoder_attn_type, **common)
-        self.tiling = TilingSettings(en_de_n_frames_a_time, tile_spatial_size, tile_overlap_ratio)
+    latent_channels: int
+    video_channels: int = 3
 
     # ----------------------------------------------------------------------------- tiling
 
@@ -199,7 +146,7 @@ class CVVAEModel(ModelMixin, ConfigMixin):
 
     def _moments(self, x: torch.Tensor, tiling: TilingLike) -> torch.Tensor:
         """Padded video ``[B, 3, T, H, W]`` -> moments ``[B, 2 z, 1 + (T - 1) // 4, H / 8, W / 8]``."""
-        moments_channels = self.config.z_channels * (2 if self.config.double_z else 1)
+        moments_channels = self.latent_channels * (2 if self.config.double_z else 1)
         return tiled_encode(self.encoder, self._pad(x), self._tiling(tiling), moments_channels)
 
     def _posterior(self, moments: torch.Tensor) -> CVVAEPosterior:
@@ -214,7 +161,7 @@ class CVVAEModel(ModelMixin, ConfigMixin):
     ) -> AutoencoderKLOutput | tuple[CVVAEPosterior]:
         """Encode a video ``[B, 3, T, H, W]`` (or images ``[B, 3, H, W]``) in [-1, 1].
 
-        Returns the posterior over raw latents ``[B, 4, 1 + (T' - 1) // 4, H' / 8, W' / 8]`` where
+        Returns the posterior over raw latents ``[B, C, 1 + (T' - 1) // 4, H' / 8, W' / 8]`` where
         ``T'``, ``H'``, ``W'`` are the input's sizes padded to ``1 + 4k`` and multiples of 8 (with
         ``reshape_z_dim_to_4`` in the config: ``[(B n), 4, h, w]``). ``tiling`` overrides the
         model's tiling for this call (a ``TilingSettings`` or a dict of changes).
@@ -231,7 +178,7 @@ class CVVAEModel(ModelMixin, ConfigMixin):
     def decode(
         self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True, tiling: TilingLike = None
     ) -> DecoderOutput | tuple[torch.Tensor]:
-        """Decode raw latents ``[B, 4, n, h, w]`` into ``[B, 3, 1 + 4 (n - 1), 8 h, 8 w]``.
+        """Decode raw latents ``[B, C, n, h, w]`` into ``[B, 3, 1 + 4 (n - 1), 8 h, 8 w]``.
 
         A 4-D latent ``[(B n), 4, h, w]`` is split into clips of ``num_frames`` latent frames
         (or the configured ``num_video_frames``' latent count, else one frame each).
@@ -239,8 +186,8 @@ class CVVAEModel(ModelMixin, ConfigMixin):
         frames = num_frames
         if frames is None and self.config.num_video_frames:
             frames = latent_frames(self.config.num_video_frames)
-        z, _ = self._as_video(z, "decode input", self.config.z_channels, frames)
-        x = tiled_decode(self.decoder, z, self._tiling(tiling), self.config.out_ch)
+        z, _ = self._as_video(z, "decode input", self.latent_channels, frames)
+        x = tiled_decode(self.decoder, z, self._tiling(tiling), self.video_channels)
         if self.config.reshape_x_dim_to_4:
             x = x.transpose(1, 2).flatten(0, 1)  # (B, C, T, H, W) -> ((B T), C, H, W)
         return DecoderOutput(sample=x) if return_dict else (x,)
@@ -257,7 +204,7 @@ class CVVAEModel(ModelMixin, ConfigMixin):
         video, was_4d = self._as_video(sample, "input", self.config.in_channels, self.config.num_video_frames)
         posterior = self._posterior(self._moments(video, tiling))
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        x = tiled_decode(self.decoder, z, self._tiling(tiling), self.config.out_ch)
+        x = tiled_decode(self.decoder, z, self._tiling(tiling), self.video_channels)
         t, h, w = video.shape[2:]
         x = x[:, :, :t, :h, :w]
         if was_4d:
@@ -310,7 +257,129 @@ class CVVAEModel(ModelMixin, ConfigMixin):
         if problems:
             details = "; ".join(f"{k.replace('_', ' ')}: {sorted(map(str, v))[:5]}" for k, v in problems.items())
             raise ModelLoadError(
-                f"{pretrained_model_name_or_path} does not hold a CV-VAE state dict matching its config.json "
+                f"{pretrained_model_name_or_path} does not hold a {cls.__name__} state dict matching its config.json "
                 f"({details}); check the folder, the subfolder and the config"
             )
         return model
+
+
+class CVVAEModel(_CVVAEFamily):
+    """CV-VAE, SD 2.1 / SVD-compatible (4 latent channels), with the released ``config.json`` keys.
+
+    The released runtime keys ``en_de_n_frames_a_time`` (frames per temporal window),
+    ``tile_spatial_size`` (pixel tile size) and ``tile_overlap_ratio`` are the defaults of the
+    tiling settings (``None`` disables an axis); change them with ``enable_tiling`` /
+    ``disable_tiling`` or override them in ``from_pretrained(...)``. ``norm_num_groups`` is our
+    one addition (default 32, as in the release) so tests can build tiny models.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        double_z: bool = True,
+        z_channels: int = 4,
+        in_channels: int = 3,
+        out_ch: int = 3,
+        ch: int = 128,
+        ch_mult: tuple[int, ...] = (1, 2, 4, 4),
+        num_res_blocks: int = 2,
+        attn_resolutions: tuple[int, ...] = (),
+        dropout: float = 0.0,
+        use_3d_conv: bool = True,
+        half_3d: bool = True,
+        causal_encoder: bool = True,
+        causal_decoder: bool = False,
+        encoder_attn_type: str = "vanilla-xformers",
+        decoder_attn_type: str = "spatial-temporal-xformer",
+        scaling_factor: float = 0.18215,
+        force_upcast: bool = True,
+        en_de_n_frames_a_time: int | None = 16,
+        time_n_compress: int = 4,
+        spatial_n_compress: int = 8,
+        tile_spatial_size: int | None = 576,
+        num_video_frames: int | None = None,
+        tile_overlap_ratio: float = 0.2222,
+        reshape_z_dim_to_4: bool = False,
+        reshape_x_dim_to_4: bool = False,
+        norm_num_groups: int = 32,
+    ) -> None:
+        super().__init__()
+        if len(ch_mult) != 4 or time_n_compress != 4 or spatial_n_compress != 8:
+            raise ValueError("CV-VAE has 4 levels (ch_mult of length 4): 4x temporal and 8x spatial compression")
+        if attn_resolutions:
+            raise ValueError(
+                "attn_resolutions is not supported: the released model has attention in the mid block only"
+            )
+        if ch % norm_num_groups:
+            raise ValueError(f"ch={ch} must be divisible by norm_num_groups={norm_num_groups}")
+        common = dict(
+            ch=ch,
+            ch_mult=ch_mult,
+            num_res_blocks=num_res_blocks,
+            groups=norm_num_groups,
+            dropout=dropout,
+            use_3d_conv=use_3d_conv,
+            half_3d=half_3d,
+        )
+        self.encoder = Encoder(
+            in_channels, z_channels, double_z=double_z, causal=causal_encoder, attn_type=encoder_attn_type, **common
+        )
+        self.decoder = Decoder(out_ch, z_channels, causal=causal_decoder, attn_type=decoder_attn_type, **common)
+        self.tiling = TilingSettings(en_de_n_frames_a_time, tile_spatial_size, tile_overlap_ratio)
+        self.latent_channels, self.video_channels = z_channels, out_ch
+
+
+class CVVAESD3Model(_CVVAEFamily):
+    """CV-VAE, SD3-compatible (16 latent channels), with the released ``config.json`` keys (diffusers-style:
+    ``block_out_channels``, ``layers_per_block``, ``out_channels`` = latent channels).
+
+    SD3's latent convention lives here, as config keys the released config lacks: a diffusion model works on
+    ``(latent - shift_factor) * scaling_factor`` (SD3's 0.0609 and 1.5305; ``cvvae.latents``). Everything
+    else (tiling, padding, the posterior, loading) is :class:`CVVAEModel`'s.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 16,
+        down_block_types: tuple[str, ...] = ("DownEncoderBlock3D",) * 4,
+        up_block_types: tuple[str, ...] = ("UpDecoderBlock3D",) * 4,
+        block_out_channels: tuple[int, ...] = (128, 256, 512, 512),
+        layers_per_block: int = 2,
+        norm_num_groups: int = 32,
+        act_fn: str = "silu",
+        double_z: bool = True,
+        mid_block_add_attention: bool = True,
+        causal_encoder: bool = True,
+        causal_decoder: bool = False,
+        half_3d: bool = True,
+        en_de_n_frames_a_time: int | None = 16,
+        time_n_compress: int = 4,
+        spatial_n_compress: int = 8,
+        tile_spatial_size: int | None = 576,
+        num_video_frames: int | None = None,
+        tile_overlap_ratio: float = 0.2222,
+        reshape_z_dim_to_4: bool = False,
+        reshape_x_dim_to_4: bool = False,
+        scaling_factor: float = SD3_SCALING_FACTOR,
+        shift_factor: float = SD3_SHIFT_FACTOR,
+    ) -> None:
+        super().__init__()
+        released = (
+            len(block_out_channels) == 4 and time_n_compress == 4 and spatial_n_compress == 8 and act_fn == "silu"
+        )
+        if not released or not (mid_block_add_attention and causal_encoder and half_3d) or causal_decoder:
+            raise ValueError(
+                "CVVAESD3Model supports the released structure: 4 levels, causal encoder, silu, attention"
+            )
+        if any(c % norm_num_groups for c in block_out_channels):
+            raise ValueError(f"block_out_channels {block_out_channels} must be divisible by {norm_num_groups}")
+        args = (block_out_channels, layers_per_block, norm_num_groups)
+        self.encoder = EncoderSD3(in_channels, out_channels, *args)
+        self.decoder = DecoderSD3(in_channels, out_channels, *args)
+        self.tiling = TilingSettings(en_de_n_frames_a_time, tile_spatial_size, tile_overlap_ratio)
+        self.latent_channels, self.video_channels = out_channels, in_channels
+
+
+MODEL_CLASSES = {cls.__name__: cls for cls in (CVVAEModel, CVVAESD3Model)}

@@ -59,7 +59,7 @@ def check_output_path(
     for src in inputs:
         if src and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
             raise InputError(f"the output {out} is the input file; choose another name")
-    watched = [out, sidecar_path(out)] if suffix == ".mp4" else [out]  # videos come with a JSON sidecar
+    watched = [out, sidecar_path(out)] if suffix in (".mp4", ".png") else [out]  # these come with a JSON sidecar
     existing = [p for p in watched if p.exists()]
     if existing and not overwrite:
         raise InputError(f"{existing[0]} exists; choose another output name or pass --overwrite")

@@ -334,12 +334,25 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: in
     return path
 
 
-def write_video_and_sidecar(path: str | os.PathLike, frames: np.ndarray, fps: float, meta: dict) -> dict:
-    """Write the mp4 and its JSON sidecar (both atomically); the mp4 is removed again if the sidecar fails.
+def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
+    """Write one uint8 RGB ``[H, W, 3]`` frame as a ``.png``, atomically."""
+    from PIL import Image
 
-    Returns ``{"video": ..., "sidecar": ...}``.
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InputError(f"images are written as .png; {path} should end in .png")
+    frame = _check_frames(np.asarray(frame)[None])[0]
+    with atomic_path(path) as tmp:
+        Image.fromarray(frame).save(tmp, format="PNG")
+    return path
+
+
+def write_video_and_sidecar(path: str | os.PathLike, frames: np.ndarray, fps: float | None, meta: dict) -> dict:
+    """Write the mp4 (or, for a ``.png`` path, the one frame) and its JSON sidecar, both atomically; the
+    output is removed again if the sidecar fails. Returns ``{"video": ..., "sidecar": ...}``.
     """
-    path = write_video(path, frames, fps)
+    is_image = Path(path).suffix.lower() == ".png"
+    path = write_image(path, frames[0]) if is_image else write_video(path, frames, fps)
     try:
         side = write_sidecar(path, meta)
     except BaseException:

@@ -12,7 +12,7 @@ import torch
 
 from ..devices import default_dtype, dtype_name, resolve_device
 from ..errors import InputError
-from ..hub import DEFAULT_SUBFOLDER
+from ..hub import DEFAULT_SUBFOLDER, SD3_SUBFOLDER
 from ..loading import RANDOM_WEIGHTS_NOTICE
 from ..outputs import check_output_path
 from .presets import BACKBONES, PRESETS, Preset, get_preset, parse_components
@@ -36,18 +36,22 @@ class PipelineBundle:
         self.lock = threading.RLock()
         self.load_seconds: dict[str, float] = {}
         self._pipes: dict[str, object] = {}
-        self._vae = None
+        self._vaes: dict[str, object] = {}
         self._adapter: str | None = None
 
-    @property
-    def vae(self):
-        if self._vae is None:
+    def cvvae(self, variant: str = "sd21"):
+        """The CV-VAE of ``variant`` (``sd21``: 4 latent channels, for SD 1.5/2.1 and SVD; ``sd3``), loaded once."""
+        if variant not in self._vaes:
             from .presets import load_cvvae
 
             t0 = time.perf_counter()
-            self._vae = load_cvvae(self.components["cvvae"], self.cvvae_subfolder, self.dtype)
-            self.load_seconds["cvvae"] = time.perf_counter() - t0
-        return self._vae
+            self._vaes[variant] = load_cvvae(self.components["cvvae"], self.cvvae_subfolder, self.dtype, variant)
+            self.load_seconds["cvvae" if variant == "sd21" else f"cvvae_{variant}"] = time.perf_counter() - t0
+        return self._vaes[variant]
+
+    @property
+    def vae(self):
+        return self.cvvae("sd21")
 
     def _place(self, pipe):
         if self.cpu_offload and torch.device(self.device).type == "cuda":
@@ -69,9 +73,10 @@ class PipelineBundle:
                     t0 = time.perf_counter()
                     t2v = self._place(presets.build_sd21(self.components, video, self.dtype))
                 else:
-                    vae = self.vae
+                    vae = self.cvvae("sd3" if backbone == "sd3" else "sd21")
                     t0 = time.perf_counter()
-                    build = presets.build_svd if backbone == "svd" else presets.build_animatediff
+                    builders = {"svd": presets.build_svd, "animatediff": presets.build_animatediff}
+                    build = builders.get(backbone, presets.build_sd3)
                     t2v = self._place(build(self.components, vae, self.dtype))
                 self.load_seconds[backbone] = time.perf_counter() - t0
                 self._pipes[backbone] = t2v
@@ -137,6 +142,11 @@ class GenerationResult:
     metadata: dict = field(default_factory=dict)
 
 
+def output_suffix(mode: str) -> str:
+    """Videos are written as ``.mp4``, text -> image results as ``.png``."""
+    return ".png" if mode == "t2i" else ".mp4"
+
+
 def _sync(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -154,6 +164,10 @@ def load_conditioning_image(path: str, height: int, width: int):
 
 def _call_kwargs(s: GenerationSettings, backbone: str, generator, callback) -> dict:
     """The pipeline arguments for ``backbone`` from resolved settings."""
+    text = dict(prompt=s.prompt, negative_prompt=s.negative_prompt, guidance_scale=s.guidance)
+    if backbone == "sd3":  # text -> image
+        image = dict(height=s.height, width=s.width, num_inference_steps=s.steps, generator=generator, vae=s.vae)
+        return {**text, **image, "output_type": "np", "callback_on_step_end": callback}
     common = dict(
         num_latent_frames=s.num_latent_frames,
         height=s.height,
@@ -175,7 +189,6 @@ def _call_kwargs(s: GenerationSettings, backbone: str, generator, callback) -> d
     )
     if backbone == "svd":
         return {**common, **svd}
-    text = dict(prompt=s.prompt, negative_prompt=s.negative_prompt, guidance_scale=s.guidance)
     if backbone == "animatediff":
         return {**common, **text, "callback_on_step_end": callback}
     return {**common, **svd, **text}  # sd21: text -> image -> SVD
@@ -184,9 +197,9 @@ def _call_kwargs(s: GenerationSettings, backbone: str, generator, callback) -> d
 def _run(bundle: PipelineBundle, s: GenerationSettings, backbone: str, image, progress: bool, callback):
     """Run the pipeline under the bundle's lock; returns (frames uint8 [T, H, W, 3], output, info, timings)."""
     with bundle.lock:
-        if s.adapter and backbone == "animatediff":
+        if s.adapter and backbone in ("animatediff", "sd3"):
             raise InputError("adapters fine-tune the SVD UNet: use them with i2v or with t2v_backbone sd21")
-        adapter = bundle.set_adapter(s.adapter) if backbone != "animatediff" else None
+        adapter = bundle.set_adapter(s.adapter) if backbone in ("svd", "sd21") else None
         pipe = bundle.pipeline(backbone)
         pipe.set_progress_bar_config(disable=not progress, desc=f"denoising ({backbone})")
         generator = torch.Generator("cpu").manual_seed(s.seed)
@@ -198,7 +211,9 @@ def _run(bundle: PipelineBundle, s: GenerationSettings, backbone: str, image, pr
         out = pipe(image, **kwargs) if backbone == "svd" else pipe(**kwargs)
         _sync(bundle.device)
         seconds = time.perf_counter() - t0
-    frames = (np.asarray(out.frames[0]) * 255.0).round().clip(0, 255).astype(np.uint8)  # [T, H, W, 3]
+    frames = np.asarray(out.frames[0])  # [T, H, W, 3], or [H, W, 3] for an image
+    frames = (frames[None] if frames.ndim == 3 else frames) * 255.0
+    frames = frames.round().clip(0, 255).astype(np.uint8)
     return frames, out, adapter, seconds
 
 
@@ -225,9 +240,10 @@ def generate(
 
     t_start = time.perf_counter()
     p = get_preset(preset)
-    out = check_output_path(out_path, ".mp4", settings.image, overwrite=overwrite)
+    out = check_output_path(out_path, output_suffix(settings.mode), settings.image, overwrite=overwrite)
     s = settings.validate().resolved(p).validate()  # 1
     backbone = s.backbone(p)
+    variant = "sd3" if backbone == "sd3" else "sd21"
     image = load_conditioning_image(s.image, s.height, s.width) if s.mode == "i2v" else None  # 2
     bundle = get_pipelines(preset, device, dtype, cpu_offload, cvvae_subfolder, components)  # 3
     frames, result, adapter, seconds = _run(bundle, s, backbone, image, progress, callback_on_step_end)
@@ -241,8 +257,11 @@ def generate(
         "height": int(frames.shape[1]),
         "width": int(frames.shape[2]),
         "fps": result.fps,
-        "conditioning_fps": result.conditioning_fps if backbone != "animatediff" else None,
-        "models": {**bundle.components, "cvvae_subfolder": bundle.cvvae_subfolder},
+        "conditioning_fps": result.conditioning_fps if backbone in ("svd", "sd21") else None,
+        "models": {
+            **bundle.components,
+            "cvvae_subfolder": SD3_SUBFOLDER if variant == "sd3" else bundle.cvvae_subfolder,
+        },
         "adapter": adapter,
         "device": bundle.device,
         "dtype": dtype_name(bundle.dtype),

@@ -20,8 +20,10 @@ class Defaults:
 SVD_XT = Defaults(25, 576, 1024, 25, 28.0)  # 25 latents -> 97 frames; fps id 28 / 4 - 1 = 6, SVD's default
 SVD = Defaults(14, 576, 1024, 25, 28.0)  # 14 latents -> 53 frames
 ANIMATEDIFF = Defaults(16, 512, 512, 25, 32.0)  # 16 latents -> 61 frames; AnimateDiff's 8 fps x 4
+SD3 = Defaults(1, 1024, 1024, 28, 0.0)  # text -> image: one latent frame
 TINY_VIDEO = Defaults(3, 64, 64, 2, 28.0)  # the random 'tiny' preset: 3 latents -> 9 frames
 TINY_TEXT = Defaults(3, 64, 64, 2, 32.0)
+TINY_IMAGE = Defaults(1, 64, 64, 2, 0.0)
 
 # SVD conditioning and guidance, text guidance (diffusers' defaults for these models)
 MOTION_BUCKET_ID = 127

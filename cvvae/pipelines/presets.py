@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError, ModelLoadError
-from ..hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, cache_first, hub_error, looks_local
+from ..hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, SD3_SUBFOLDER, cache_first, hub_error, looks_local
 from ..loading import load_vae
-from .defaults import ANIMATEDIFF, SVD, SVD_XT, TINY_TEXT, TINY_VIDEO, Defaults
+from .defaults import ANIMATEDIFF, SD3, SVD, SVD_XT, TINY_IMAGE, TINY_TEXT, TINY_VIDEO, Defaults
 
-COMPONENT_KEYS = ("cvvae", "svd", "sd21", "sd15", "motion_adapter")
-BACKBONES = ("svd", "animatediff", "sd21")  # sd21 = text -> image (SD 2.1) -> video (SVD)
+COMPONENT_KEYS = ("cvvae", "svd", "sd21", "sd15", "motion_adapter", "sd3")
+BACKBONES = ("svd", "animatediff", "sd21", "sd3")  # sd21: text -> image (SD 2.1) -> video (SVD); sd3: text -> image
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,14 @@ class Preset:
     t2v_backbone: str = "animatediff"
     svd: Defaults = SVD_XT
     animatediff: Defaults = ANIMATEDIFF
+    sd3: Defaults = SD3
 
     @property
     def random_weights(self) -> bool:
         return self.name == "tiny"
 
     def defaults(self, backbone: str) -> Defaults:
-        return self.animatediff if backbone == "animatediff" else self.svd
+        return {"animatediff": self.animatediff, "sd3": self.sd3}.get(backbone, self.svd)
 
 
 _REAL = {
@@ -44,6 +45,7 @@ _REAL = {
     "sd21": "stabilityai/stable-diffusion-2-1-base",
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "motion_adapter": "guoyww/animatediff-motion-adapter-v1-5-2",
+    "sd3": "stabilityai/stable-diffusion-3-medium-diffusers",
 }
 PRESETS: dict[str, Preset] = {
     "svd-xt": Preset("svd-xt", "SVD-XT image->video, 25 latents -> 97 frames at 576x1024", dict(_REAL)),
@@ -57,12 +59,14 @@ PRESETS: dict[str, Preset] = {
     "sd21": Preset(
         "sd21", "SD 2.1 text->image, then SVD-XT image->video (97 frames)", dict(_REAL), t2v_backbone="sd21"
     ),
+    "sd3": Preset("sd3", "SD3 text->image decoded by CV-VAE-SD3 (16 latent channels), 1024x1024", dict(_REAL)),
     "tiny": Preset(
         "tiny",
         "tiny RANDOM components built in-process (tests, machines without weights)",
         dict.fromkeys(COMPONENT_KEYS, "tiny"),
         svd=TINY_VIDEO,
         animatediff=TINY_TEXT,
+        sd3=TINY_IMAGE,
     ),
 }
 
@@ -118,13 +122,22 @@ def check_tokenizer(tokenizer, name: str) -> None:
         )
 
 
-def load_cvvae(name: str, subfolder: str | None, dtype: torch.dtype):
-    """CV-VAE from the hub (a released ``subfolder``), a local folder (with or without it) or ``tiny``."""
+def load_cvvae(name: str, subfolder: str | None, dtype: torch.dtype, variant: str = "sd21"):
+    """CV-VAE from the hub (a released ``subfolder``), a local folder (with or without it) or ``tiny``.
+
+    ``variant`` ``sd3`` loads the SD3-compatible model (subfolder ``vae3d_sd3`` of the release).
+    """
     dtype = None if dtype == torch.float32 else dtype  # built/saved in fp32: no cast needed
     if name == "tiny":
-        return load_vae("tiny", dtype=dtype)
-    if subfolder not in (None, *CVVAE_SUBFOLDERS):
-        raise InputError(f"cvvae subfolder must be one of {', '.join(CVVAE_SUBFOLDERS)}, got {subfolder!r}")
+        from ..loading import build_tiny_vae
+
+        vae = build_tiny_vae(variant=variant)
+        return vae.to(dtype=dtype) if dtype else vae
+    allowed = (SD3_SUBFOLDER,) if variant == "sd3" else CVVAE_SUBFOLDERS
+    if variant == "sd3" and subfolder in CVVAE_SUBFOLDERS:
+        subfolder = SD3_SUBFOLDER  # the release's SD3 model lives beside the SD 2.1 ones
+    if subfolder not in (None, *allowed):
+        raise InputError(f"cvvae subfolder must be one of {', '.join(allowed)}, got {subfolder!r}")
     if looks_local(name) and not (Path(name) / (subfolder or "") / "config.json").is_file():
         subfolder = None  # a folder that is the model itself
     return load_vae(name, subfolder=subfolder, dtype=dtype)
@@ -215,3 +228,22 @@ def build_sd21(components: dict, video, dtype: torch.dtype):
         video_scheduler=video.scheduler,
         native_vae=video.native_vae,
     )
+
+
+def build_sd3(components: dict, vae, dtype: torch.dtype):
+    """SD3 text->image whose latents CV-VAE-SD3 decodes (``native_vae``: SD3's own image VAE)."""
+    from .sd3 import CVVAESD3ImagePipeline
+
+    name = components["sd3"]
+    if name == "tiny":
+        from .tiny import build_tiny_sd3
+
+        parts = {**build_tiny_sd3(), "vae": vae}
+    else:
+        from diffusers import StableDiffusion3Pipeline
+
+        base = from_pretrained(StableDiffusion3Pipeline, name, "SD3", dtype)
+        check_tokenizer(base.tokenizer, name)
+        parts = {k: v for k, v in base.components.items() if k not in ("vae", "image_encoder", "feature_extractor")}
+        parts.update(native_vae=base.vae, vae=vae)
+    return _cast(CVVAESD3ImagePipeline(**parts), name, dtype)

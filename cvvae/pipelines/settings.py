@@ -10,7 +10,7 @@ from ..tiling import tiling_changes
 from .decoding import VAE_CHOICES
 from .defaults import LIMITS, MAX_GUIDANCE, MIN_GUIDANCE, MOTION_BUCKET_ID, NOISE_AUG_STRENGTH, TEXT_GUIDANCE
 
-MODES = ("i2v", "t2v")
+MODES = ("i2v", "t2v", "t2i")  # t2i: SD3 text -> image, decoded by CV-VAE-SD3
 T2V_BACKBONES = ("animatediff", "sd21")  # sd21: text -> image (SD 2.1) -> video (SVD)
 
 
@@ -45,20 +45,23 @@ class GenerationSettings:
 
     def validate(self) -> GenerationSettings:
         """Raise InputError on any value that cannot work; returns self."""
-        _check(self.mode in MODES, f"mode must be 'i2v' or 't2v', got {self.mode!r}")
+        _check(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode == "i2v":
             _check(isinstance(self.image, str) and bool(self.image), "image-to-video needs an image (--image)")
         else:
-            _check(
-                isinstance(self.prompt, str) and bool(self.prompt.strip()), "text-to-video needs a non-empty prompt"
-            )
+            what = "text-to-image" if self.mode == "t2i" else "text-to-video"
+            _check(isinstance(self.prompt, str) and bool(self.prompt.strip()), f"{what} needs a non-empty prompt")
         _check(
             self.t2v_backbone in (None, *T2V_BACKBONES),
             f"t2v_backbone must be animatediff or sd21, got {self.t2v_backbone!r}",
         )
         _check(self.vae in VAE_CHOICES, f"vae must be 'cvvae' or 'native', got {self.vae!r}")
+        if self.mode == "t2i":
+            _check(self.num_latent_frames in (None, 1), "text -> image makes one frame: leave num_latent_frames unset")
         for name in ("num_latent_frames", "steps", "seed", "motion_bucket_id", "height", "width"):
             value = getattr(self, name)
+            if name == "num_latent_frames" and self.mode == "t2i":
+                continue
             if value is not None or name in ("seed", "motion_bucket_id"):
                 _check_int(name, value)
         for name in ("fps", "conditioning_fps", "min_guidance", "max_guidance", "guidance", "noise_aug_strength"):
@@ -73,8 +76,9 @@ class GenerationSettings:
         return self
 
     def backbone(self, preset) -> str:
-        """``svd`` for image->video, else the text->video backbone (this setting or the preset's)."""
-        return "svd" if self.mode == "i2v" else (self.t2v_backbone or preset.t2v_backbone)
+        """``svd`` for image->video, ``sd3`` for text->image, else the text->video backbone (this setting
+        or the preset's)."""
+        return {"i2v": "svd", "t2i": "sd3"}.get(self.mode) or self.t2v_backbone or preset.t2v_backbone
 
     def resolved(self, preset) -> GenerationSettings:
         """A copy with every ``None`` default filled from ``preset`` (what the sidecar records)."""
@@ -82,10 +86,10 @@ class GenerationSettings:
         d = preset.defaults(backbone)
         return replace(
             self,
-            t2v_backbone=None if self.mode == "i2v" else backbone,
+            t2v_backbone=backbone if self.mode == "t2v" else None,
             num_latent_frames=self.num_latent_frames or d.num_latent_frames,
             steps=self.steps or d.steps,
-            fps=float(self.fps or d.fps),
+            fps=None if self.mode == "t2i" else float(self.fps or d.fps),
             height=self.height or d.height,
             width=self.width or d.width,
         )

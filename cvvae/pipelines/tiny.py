@@ -191,3 +191,60 @@ def build_tiny_sd21(seed: int = 0) -> dict:
         prediction_type="v_prediction",
     )
     return dict(unet=unet, text_encoder=text_encoder, tokenizer=tok, scheduler=scheduler)
+
+
+def build_tiny_sd3(seed: int = 0) -> dict:
+    """Random tiny SD3 components (two CLIP text encoders, no T5) + a tiny CV-VAE-SD3 and SD3-style image VAE."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from ..loading import build_tiny_vae
+
+    tok = tiny_tokenizer()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(
+            sample_size=32,
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            caption_projection_dim=32,
+            joint_attention_dim=32,
+            pooled_projection_dim=64,
+            out_channels=16,
+        ).eval()
+        text = CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        encoders = [CLIPTextModelWithProjection(text).eval() for _ in range(2)]
+        native_vae = AutoencoderKL(  # SD3's layout: 16 channels, no quant convs, a shift
+            block_out_channels=[8, 16, 16, 16],
+            down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4,
+            latent_channels=16,
+            norm_num_groups=4,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+        ).eval()
+    return dict(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=encoders[0],
+        tokenizer=tok,
+        text_encoder_2=encoders[1],
+        tokenizer_2=tok,
+        native_vae=native_vae,
+        vae=build_tiny_vae(seed, variant="sd3"),
+    )
