@@ -389,3 +389,33 @@ def test_vae_resume_skips_a_damaged_or_planted_checkpoint(tiny_run, capsys):
     trainer = Trainer(load_config(None, overrides))
     assert trainer.resume() and trainer.step == 2  # the planted checkpoint 3 is skipped, not run
     assert not marker.exists() and "cannot be loaded" in capsys.readouterr().out
+
+
+def test_sd3_layout_inflates_to_the_sd3_variant_and_trains(tiny_run):
+    from cvvae import CVVAESD3Model
+    from cvvae.loading import load_vae
+    from cvvae.training.config import load_config
+    from cvvae.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    sd3_2d = dict(TINY_2D, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+    vae2d = AutoencoderKL(**sd3_2d, scaling_factor=1.5305, shift_factor=0.0609).eval()
+    model = inflate_vae(vae2d)
+    assert isinstance(model, CVVAESD3Model) and model.config.shift_factor == 0.0609
+    # encoder kernels land in the newest (last) tap: a 1-frame clip sees the 2-D encoder's weights
+    enc2d = vae2d.state_dict()["encoder.conv_in.weight"]
+    enc3d = model.state_dict()["encoder.conv_in.weight"]
+    assert torch.equal(enc3d[:, :, -1], enc2d) and enc3d[:, :, :-1].abs().sum() == 0
+
+    folder = tiny_run["tmp"] / "vae2d-sd3"
+    vae2d.save_pretrained(folder)
+    out = tiny_run["tmp"] / "sd3"
+    overrides = _overrides(tiny_run, out, vae2d=folder, steps=2, **{"loss.disc_weight": 0})
+    Trainer(load_config(None, overrides)).run()
+    trained = load_vae(out / "final")
+    assert isinstance(trained, CVVAESD3Model)
+    clip = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = trained.encode(clip).latent_dist.mode()
+    assert z.shape == (1, 16, 2, 4, 4)

@@ -125,7 +125,7 @@ def to_markdown(results: dict, mapping: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from ..cli import Parser
-    from ..model import CVVAEModel
+    from ..loading import model_class
     from .trainer import load_frozen_vae2d
 
     p = Parser(prog="python -m cvvae.training evaluate", description=__doc__.splitlines()[0])
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         name, sep, folder = item.partition("=")
         if not sep:
             raise InputError(f"--model {item!r} must be NAME=FOLDER")
-        models[name] = CVVAEModel.from_pretrained(folder, tile_spatial_size=None, en_de_n_frames_a_time=None).eval()
+        cls = model_class(folder)
+        models[name] = cls.from_pretrained(folder, tile_spatial_size=None, en_de_n_frames_a_time=None).eval()
     vae2d = load_frozen_vae2d(args.vae2d)
     lpips = None
     if args.lpips:

@@ -11,10 +11,10 @@ import torch
 def export_fp16(cvvae_dir: str | Path, vae2d_dir: str | Path, out: str | Path) -> None:
     from diffusers import AutoencoderKL
 
-    from ..model import CVVAEModel
+    from ..loading import model_class
 
     out = Path(out)
-    CVVAEModel.from_pretrained(cvvae_dir).to(torch.float16).save_pretrained(out / "cvvae")
+    model_class(cvvae_dir).from_pretrained(cvvae_dir).to(torch.float16).save_pretrained(out / "cvvae")
     AutoencoderKL.from_pretrained(vae2d_dir).to(torch.float16).save_pretrained(out / "vae2d")
 
 

@@ -1,4 +1,5 @@
-"""Build a ``CVVAEModel`` from a diffusers ``AutoencoderKL`` (SD 1.x/2.x layout, any width).
+"""Build a CV-VAE from a diffusers ``AutoencoderKL``: a ``CVVAEModel`` from SD 1.x/2.x's layout (4 latent
+channels, quant convs), a ``CVVAESD3Model`` from SD3's (16 latent channels, no quant convs, a shift), any width.
 
 What happens to the 2-D weights (see the reference facts, section 1.10):
 
@@ -16,7 +17,11 @@ What happens to the 2-D weights (see the reference facts, section 1.10):
   best, see ``tests/test_training.py``) zeroes ``proj_out_t`` so the temporal branch contributes
   nothing at the start.
 
-Consequences on a single image: the encoder gives the 2-D encoder's latents up to the GroupNorm
+The SD3 layout keeps diffusers' key names and has no quant convs and no temporal attention; its 2-D
+kernels become 3-D the same way (its samplers pad symmetrically where SD3's 2-D VAE pads right and
+bottom, so the encoder cannot be exact on images either).
+
+Consequences on a single image (SD 1.x/2.x layout): the encoder gives the 2-D encoder's latents up to the GroupNorm
 eps difference (1e-5 here, 1e-6 in diffusers). The decoder cannot be exact: the released block
 has one residual around spatial *then* temporal attention, so zeroing the temporal output also
 removes the spatial attention's contribution (the LayerNorm in the temporal path makes an exact
@@ -29,7 +34,7 @@ import re
 
 import torch
 
-from ..model import CVVAEModel
+from ..model import CVVAEModel, CVVAESD3Model, _CVVAEFamily
 
 TEMPORAL_INITS = ("zero", "identity", "default")
 
@@ -52,6 +57,27 @@ def cvvae_config_for(vae2d) -> dict:
         out_ch=cfg.out_channels,
         norm_num_groups=cfg.norm_num_groups,
         scaling_factor=cfg.scaling_factor,
+    )
+
+
+def is_sd3_layout(vae2d) -> bool:
+    """SD3's image VAE: no quant convs (and 16 latent channels)."""
+    return not getattr(vae2d.config, "use_quant_conv", True)
+
+
+def sd3_config_for(vae2d) -> dict:
+    """``CVVAESD3Model`` keyword arguments with the width, depth and latent convention of an SD3-style VAE."""
+    cfg = vae2d.config
+    if len(cfg.block_out_channels) != 4:
+        raise ValueError(f"need 4 levels, got {list(cfg.block_out_channels)}")
+    return dict(
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.latent_channels,
+        scaling_factor=cfg.scaling_factor,
+        shift_factor=cfg.shift_factor or 0.0,
     )
 
 
@@ -106,9 +132,12 @@ def _init_temporal(model: CVVAEModel, how: str) -> None:
                 lin.bias.zero_()
 
 
-def inflate_state_dict(sd2d: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map, fold and inflate a diffusers state dict to the shapes of ``target`` (a CV-VAE state dict)."""
-    sd = {map_key(k): v for k, v in fold_quant_convs(sd2d).items()}
+def inflate_state_dict(
+    sd2d: dict[str, torch.Tensor], target: dict[str, torch.Tensor], sd3: bool = False
+) -> dict[str, torch.Tensor]:
+    """Map, fold and inflate a diffusers state dict to the shapes of ``target`` (a CV-VAE state dict);
+    ``sd3``: SD3's layout, whose names the SD3 variant keeps."""
+    sd = dict(sd2d) if sd3 else {map_key(k): v for k, v in fold_quant_convs(sd2d).items()}
     out = {}
     for key, ref in target.items():
         if key not in sd:
@@ -132,20 +161,23 @@ def inflate_state_dict(sd2d: dict[str, torch.Tensor], target: dict[str, torch.Te
     return out
 
 
-def inflate_vae(vae2d, temporal_init: str = "zero", seed: int = 0, **config_overrides) -> CVVAEModel:
-    """A ``CVVAEModel`` initialised from a diffusers ``AutoencoderKL`` (see the module docstring)."""
+def inflate_vae(vae2d, temporal_init: str = "zero", seed: int = 0, **config_overrides) -> _CVVAEFamily:
+    """A CV-VAE initialised from a diffusers ``AutoencoderKL`` (see the module docstring): the SD3 variant
+    for SD3's layout, else ``CVVAEModel``."""
     if temporal_init not in TEMPORAL_INITS:
         raise ValueError(f"temporal_init must be one of {TEMPORAL_INITS}, got {temporal_init!r}")
-    config = {**cvvae_config_for(vae2d), **config_overrides}
+    sd3 = is_sd3_layout(vae2d)
+    cls, config = (CVVAESD3Model, sd3_config_for(vae2d)) if sd3 else (CVVAEModel, cvvae_config_for(vae2d))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = CVVAEModel(**config)
+        model = cls(**{**config, **config_overrides})
     target = model.state_dict()
-    weights = inflate_state_dict(vae2d.state_dict(), target)
+    weights = inflate_state_dict(vae2d.state_dict(), target, sd3)
     missing = set(target) - set(weights)
     new = {k for k in missing if ".attn_1." in k and k.split(".attn_1.")[1].split(".")[0].endswith("_t")}
     if missing - new:
         raise ValueError(f"3-D parameters with no 2-D source: {sorted(missing - new)[:5]}")
     model.load_state_dict(weights, strict=False)
-    _init_temporal(model, temporal_init)
+    if not sd3:
+        _init_temporal(model, temporal_init)
     return model

@@ -143,11 +143,11 @@ class Trainer:
         cfg = self.cfg
         if cfg.kind == "vae2d":
             return build_vae2d(cfg).train(), None
-        from ..model import CVVAEModel
+        from ..loading import model_class
         from .inflate import inflate_vae
 
         vae2d = load_frozen_vae2d(cfg.vae2d)
-        model = CVVAEModel.from_pretrained(cfg.init) if cfg.init else inflate_vae(vae2d, seed=cfg.seed)
+        model = model_class(cfg.init).from_pretrained(cfg.init) if cfg.init else inflate_vae(vae2d, seed=cfg.seed)
         model.disable_tiling()
         return model.train(), vae2d
 
