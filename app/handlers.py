@@ -19,7 +19,7 @@ import gradio as gr
 
 from cvvae import video_frames
 from cvvae.errors import InputError, UserError
-from cvvae.hub import CVVAE_HUB_ID, DEFAULT_SUBFOLDER, model_label
+from cvvae.hub import CVVAE_HUB_ID, DEFAULT_SUBFOLDER, SD3_SUBFOLDER, model_label
 from cvvae.loading import RANDOM_WEIGHTS_NOTICE
 from cvvae.tiling import tiling_changes
 
@@ -31,6 +31,7 @@ NANO_NOTICE = (
 log = logging.getLogger(__name__)
 
 ADAPTER_NONE = "none"
+VAE_VARIANTS = {"sd21": "CV-VAE (SD 2.1 / SVD, 4 latent channels)", "sd3": "CV-VAE-SD3 (16 latent channels)"}
 DEFAULT_SIZE = "preset default"
 # Width x height choices offered in the UI (multiples of 64; SVD was trained at 1024x576).
 RESOLUTIONS = (DEFAULT_SIZE, "1024x576", "576x1024", "768x448", "512x512", "512x320", "256x256", "128x128", "64x64")
@@ -156,7 +157,7 @@ class Handlers:
         self.config.outputs.mkdir(parents=True, exist_ok=True)
         # Gradio runs one GPU event at a time; this lock also covers a cancelled job still finishing.
         self.gpu_lock = threading.Lock()
-        self._vae = None
+        self._vaes: dict[str, object] = {}  # variant -> CV-VAE for Reconstruct
         self._vae_lock = threading.Lock()
         self._cancel: dict[str, threading.Event] = {}  # session -> "cancel my running job"
 
@@ -199,10 +200,10 @@ class Handlers:
             raise gr.Error(f"adapter {name!r} is not in {root}; press refresh to list the adapters found there")
         return str(root if name == root.name and (root / "adapter.json").is_file() else root / name)
 
-    def output_path(self, kind: str, seed: int | None = None) -> Path:
+    def output_path(self, kind: str, seed: int | None = None, suffix: str = ".mp4") -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         tag = f"_s{seed}" if seed is not None else ""
-        return self.config.outputs / f"{kind}_{stamp}{tag}_{uuid.uuid4().hex[:6]}.mp4"
+        return self.config.outputs / f"{kind}_{stamp}{tag}_{uuid.uuid4().hex[:6]}{suffix}"
 
     def check_budget(self, frames: int, height: int | None, width: int | None) -> None:
         """Refuse jobs that would not fit this machine before any work starts."""
@@ -215,12 +216,14 @@ class Handlers:
                 f"(limit {budget:,} frame-pixels per job). {_smaller_hint()}"
             )
 
-    def info_text(self, result_meta: dict, extra: str = "", vae_only: bool = False) -> str:
-        """Result lines; a warning first when they come from random (or toy) weights."""
+    def info_text(self, result_meta: dict, extra: str = "", vae_variant: str | None = None) -> str:
+        """Result lines; a warning first when they come from random (or toy) weights.
+
+        ``vae_variant``: the lines describe a reconstruction by that CV-VAE (not a generation)."""
         lines = [f"**{k}**: {v}" for k, v in result_meta.items()]
         if extra:
             lines.append(extra)
-        source = self._vae_source()[0] if vae_only else None
+        source = self._vae_source(vae_variant)[0] if vae_variant else None
         if source == "nano":
             lines.insert(0, f"⚠️ {NANO_NOTICE}")
         elif self.config.random_weights or source == "tiny":
@@ -237,7 +240,7 @@ class Handlers:
             full = settings.resolved(api.PRESETS[self.config.preset])
             frames = video_frames(full.num_latent_frames) if full.vae == "cvvae" else full.num_latent_frames
             self.check_budget(frames, full.height, full.width)
-            out = self.output_path(kind, settings.seed)
+            out = self.output_path(kind, settings.seed, api.output_suffix(settings.mode))
             progress(0, desc="loading models (first run only)")
             callback = self._step_callback(_session(request))
             with self.gpu_lock:
@@ -251,7 +254,8 @@ class Handlers:
                     components=self.config.components or None,
                     callback_on_step_end=callback,
                 )
-        meta = {"frames": result.frames, "fps": round(float(result.fps), 3), "seconds": round(result.seconds, 1)}
+        fps = None if result.fps is None else round(float(result.fps), 3)
+        meta = {"frames": result.frames, "fps": fps, "seconds": round(result.seconds, 1)}
         meta["size"] = f"{result.metadata.get('width')}x{result.metadata.get('height')}"
         return str(result.video_path), [str(result.video_path), str(result.sidecar_path)], meta
 
@@ -332,24 +336,38 @@ class Handlers:
         return video, files, self.info_text(meta)
 
     # ---- reconstruction -------------------------------------------------------------------------
-    def vae(self):
-        """The CV-VAE for reconstruction, loaded lazily once and shared by all requests."""
+    def vae(self, variant: str = "sd21"):
+        """The CV-VAE of ``variant`` (``sd21`` or ``sd3``) for reconstruction, loaded lazily once and shared."""
+        if variant not in VAE_VARIANTS:
+            raise gr.Error(f"CV-VAE variant must be one of {', '.join(VAE_VARIANTS)}, got {variant!r}")
         with self._vae_lock:
-            if self._vae is None:
-                from cvvae.loading import load_vae
+            if variant not in self._vaes:
+                import torch
 
-                name, subfolder = self._vae_source()
-                with user_errors("loading CV-VAE"):
-                    self._vae = load_vae(name, subfolder=subfolder, device=self.config.device)
-            return self._vae
+                from cvvae.pipelines.presets import load_cvvae
 
-    def reconstruct(self, video, max_frames, short_side, tiling, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        """Video -> CV-VAE -> video. Returns (side-by-side video, [mp4, json], metrics markdown)."""
+                name, subfolder = self._vae_source(variant)
+                with user_errors(f"loading {VAE_VARIANTS[variant]}"):
+                    vae = load_cvvae(name, subfolder, torch.float32, variant)  # fp32: as stored
+                    self._vaes[variant] = vae.to(self.config.device) if self.config.device else vae
+            return self._vaes[variant]
+
+    def reconstruct(
+        self,
+        video,
+        max_frames,
+        short_side,
+        tiling,
+        variant="sd21",
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):
+        """Video -> CV-VAE (``variant``) -> video. Returns (side-by-side video, [mp4, json], metrics markdown)."""
         from cvvae.api import reconstruct_file
         from cvvae.video import probe
 
         if not video:
             raise gr.Error("upload a video first (MP4, WebM or MOV), or pick the example")
+        variant = variant or "sd21"
         with user_errors("reconstruction", upload=video):
             info = probe(video)
             frames = min(as_number("frames", max_frames), info.frames) if max_frames else info.frames
@@ -358,7 +376,7 @@ class Handlers:
             self.check_budget(frames, h, w)
             changes = tiling_changes(tiling)
             progress(0, desc="loading CV-VAE (once)")
-            vae = self.vae()
+            vae = self.vae(variant)
             out = self.output_path("reconstruct")
             with self.gpu_lock:
                 res = reconstruct_file(
@@ -368,19 +386,26 @@ class Handlers:
                     num_frames=frames,
                     size=size,
                     side_by_side=True,
-                    model_id=model_label(*self._vae_source()),
+                    model_id=model_label(*self._vae_source(variant)),
                     tiling=changes,
                 )
         files = [str(p) for p in _result_paths(res, out)]
-        text = self.info_text(metrics_summary(res), "left: input, right: CV-VAE reconstruction", vae_only=True)
-        return str(out), files, text
+        extra = f"left: input, right: reconstruction by {VAE_VARIANTS[variant]}"
+        return str(out), files, self.info_text(metrics_summary(res), extra, vae_variant=variant)
 
-    def _vae_source(self) -> tuple[str, str | None]:
-        """(model, subfolder): --cvvae, else the CV-VAE component given, else the released model.
+    def _vae_source(self, variant: str = "sd21") -> tuple[str, str | None]:
+        """(model, subfolder) of the Reconstruct tab's CV-VAE.
 
-        The ``tiny`` preset reconstructs with ``nano`` (small trained weights shipped in ``assets/``), so
-        the Reconstruct tab shows a real, if blurry, reconstruction offline instead of noise.
+        SD 2.1 / SVD variant: --cvvae, else the CV-VAE component given, else the released model; the
+        ``tiny`` preset reconstructs with ``nano`` (small trained weights shipped in ``assets/``), so the
+        tab shows a real, if blurry, reconstruction offline instead of noise. SD3 variant: the CV-VAE
+        component given (its ``vae3d_sd3`` subfolder for the released repository), as generation loads it.
         """
+        if variant == "sd3":
+            from cvvae.pipelines.presets import get_preset
+
+            name = self.config.components.get("cvvae") or get_preset(self.config.preset).components["cvvae"]
+            return name, (SD3_SUBFOLDER if name == CVVAE_HUB_ID else None)
         name = self.config.cvvae or self.config.components.get("cvvae")
         if name:
             return name, None
@@ -427,6 +452,45 @@ class Handlers:
             rows.append((label, meta, f))
         videos += [None] * (3 - len(videos))
         return (*videos, flicker_table(rows, self.config.random_weights), files)
+
+    def compare_sd3(
+        self,
+        prompt,
+        seed,
+        steps,
+        resolution,
+        request: gr.Request = None,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ):
+        """One prompt and seed through SD3: the same latents decoded by SD3's own VAE and by CV-VAE-SD3.
+
+        Returns (SD3 VAE image, CV-VAE-SD3 image, markdown with their agreement, files).
+        """
+        import numpy as np
+
+        from cvvae.metrics import psnr, ssim
+        from cvvae.video import read_image
+
+        if not str(prompt or "").strip():
+            raise gr.Error("write a prompt first")
+        height, width = parse_resolution(resolution)
+        base = dict(mode="t2i", prompt=str(prompt), seed=as_number("seed", seed), height=height, width=width)
+        base["steps"] = as_number("steps", steps)
+        images, files = [], []
+        for i, (label, vae) in enumerate((("SD3 VAE", "native"), ("CV-VAE-SD3", "cvvae"))):
+            progress(i / 2, desc=label)
+            image, paths, _ = self._generate({**base, "vae": vae}, f"compare-sd3-{vae}", progress, request)
+            images.append(image)
+            files += paths
+        a, b = (np.asarray(read_image(p))[None] for p in images)  # [1, H, W, 3] each
+        table = (
+            "| same SD3 latents, two decoders | PSNR (dB) | SSIM |\n|---|---|---|\n"
+            f"| CV-VAE-SD3 vs SD3's VAE | {_fmt(psnr(a, b))} | {_fmt(ssim(a, b), 4)} |\n\n"
+            "Higher = CV-VAE-SD3's latent space agrees better with SD3's."
+        )
+        if self.config.random_weights:
+            table += f"\n\n⚠️ {RANDOM_WEIGHTS_NOTICE}"
+        return images[0], images[1], table, files
 
 
 def scaled_size(height: int, width: int, short_side) -> tuple[int, int] | None:

@@ -10,7 +10,16 @@ import gradio as gr
 from cvvae.pipelines.defaults import LIMITS
 from cvvae.pipelines.settings import GenerationSettings
 
-from .handlers import ADAPTER_NONE, DEFAULT_SIZE, RESOLUTIONS, SHORT_SIDES, Handlers, frames_label, random_seed
+from .handlers import (
+    ADAPTER_NONE,
+    DEFAULT_SIZE,
+    RESOLUTIONS,
+    SHORT_SIDES,
+    VAE_VARIANTS,
+    Handlers,
+    frames_label,
+    random_seed,
+)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EXAMPLES = ASSETS / "examples"
@@ -51,6 +60,8 @@ class UIDefaults:
     t2v_size: str
     reconstruct_frames: int
     reconstruct_short_side: str
+    sd3_steps: int
+    sd3_size: str
 
     def resolutions(self, size: str) -> list[tuple[str, str]]:
         return [(f"preset default ({size})" if r == DEFAULT_SIZE else r, r) for r in RESOLUTIONS]
@@ -61,7 +72,7 @@ def preset_defaults(preset: str) -> UIDefaults:
     from cvvae.pipelines.api import PRESETS
 
     p = PRESETS[preset]
-    svd, t2v = p.defaults("svd"), p.defaults(p.t2v_backbone)
+    svd, t2v, sd3 = p.defaults("svd"), p.defaults(p.t2v_backbone), p.defaults("sd3")
     return UIDefaults(
         steps=svd.steps,
         num_latent_frames=svd.num_latent_frames,
@@ -74,6 +85,8 @@ def preset_defaults(preset: str) -> UIDefaults:
         # random weights usually mean a CPU: keep the reconstruction demo quick there
         reconstruct_frames=9 if p.random_weights else 33,
         reconstruct_short_side="128" if p.random_weights else "256",
+        sd3_steps=sd3.steps,
+        sd3_size=f"{sd3.width}x{sd3.height}",
     )
 
 
@@ -226,13 +239,22 @@ def _reconstruct_tab(h: Handlers, d: UIDefaults):
             )
             short = gr.Dropdown(SHORT_SIDES, value=d.reconstruct_short_side, label="Resize: short side in pixels")
             tiling = gr.Dropdown(TILING, value="default", label="Tiling (less memory)")
+            variant = gr.Radio([(v, k) for k, v in VAE_VARIANTS.items()], value="sd21", label="Model")
             run, stop = _run_buttons("reconstruct")
         with gr.Column():
             outs = _outputs("reconstruct")
-    _gpu_event(run, h.reconstruct, [video, frames, short, tiling], list(outs), "reconstruct", stop)
+    _gpu_event(run, h.reconstruct, [video, frames, short, tiling, variant], list(outs), "reconstruct", stop)
 
 
 def _compare_tab(h: Handlers, d: UIDefaults):
+    with gr.Tabs():
+        with gr.Tab("SVD: image to video", id="compare-svd"):
+            _compare_svd(h, d)
+        with gr.Tab("SD3: text to image", id="compare-sd3"):
+            _compare_sd3(h, d)
+
+
+def _compare_svd(h: Handlers, d: UIDefaults):
     gr.Markdown(
         "One image and seed through the backbone's **own VAE** (one frame per latent), **CV-VAE** "
         "(four frames per latent) and, if chosen, CV-VAE **with a fine-tuned adapter**."
@@ -262,6 +284,29 @@ def _compare_tab(h: Handlers, d: UIDefaults):
         "compare",
         stop,
         h.cancel,
+    )
+
+
+def _compare_sd3(h: Handlers, d: UIDefaults):
+    gr.Markdown(
+        "One prompt and seed through **Stable Diffusion 3**: the same 16-channel latents decoded by SD3's "
+        "**own VAE** and by **CV-VAE-SD3** (the video VAE in image mode)."
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            prompt = gr.Textbox(label="Prompt", lines=2, value="a red fox in fresh snow, morning light")
+            seed = _seed_control()
+            steps = slider("steps", d.sd3_steps, "Denoising steps")
+            res = gr.Dropdown(d.resolutions(d.sd3_size), value=DEFAULT_SIZE, label="Resolution (width x height)")
+            run, stop = _run_buttons("compare-sd3")
+        with gr.Column(scale=2):
+            with gr.Row():
+                native = gr.Image(label="SD3 VAE", elem_id="compare-sd3-native", interactive=False)
+                cv = gr.Image(label="CV-VAE-SD3", elem_id="compare-sd3-cvvae", interactive=False)
+            table = gr.Markdown(elem_id="compare-sd3-info")
+            files = gr.File(label="Download", file_count="multiple", interactive=False)
+    _gpu_event(
+        run, h.compare_sd3, [prompt, seed, steps, res], [native, cv, table, files], "compare_sd3", stop, h.cancel
     )
 
 

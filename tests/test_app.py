@@ -218,7 +218,7 @@ def test_gpu_events_share_one_bounded_queue(handlers):
     assert demo._queue.max_size == QUEUE_SIZE
     assert demo.delete_cache == UPLOAD_CLEANUP and UPLOAD_CLEANUP[1] <= 3600  # uploads do not pile up
     cancels = [f for f in demo.fns.values() if f.cancels]
-    assert len(cancels) == 4  # one Cancel button per tab
+    assert len(cancels) == 5  # one Cancel button per tab (two in Compare)
 
 
 # ---- the HTTP API ---------------------------------------------------------------------------------------
@@ -273,3 +273,25 @@ def test_server_refuses_uploads_over_the_limit(server):
     assert small.status_code == 200 and small.json()[0].endswith("clip.mp4")
     big = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.mp4", b"\0" * 1_200_000)})
     assert big.status_code == 413
+
+
+def test_reconstruct_and_compare_offer_the_sd3_variant(handlers):
+    from PIL import Image
+
+    from cvvae import CVVAESD3Model
+
+    video, files, info = handlers.reconstruct(str(CLIP), 5, "128", "off", "sd3")
+    assert isinstance(handlers.vae("sd3"), CVVAESD3Model) and handlers.vae("sd3") is not handlers.vae("sd21")
+    meta = json.loads(open(files[1]).read())
+    assert meta["frames"] == 5 and probe(video).frames == 5 and meta["model"] == "tiny"
+    assert "CV-VAE-SD3" in info and RANDOM_WEIGHTS_NOTICE in info  # random tiny SD3 variant, said so
+    with pytest.raises(gr.Error, match="variant"):
+        handlers.reconstruct(str(CLIP), 5, "128", "off", "sd4")
+
+    native, cv, table, files = handlers.compare_sd3("a fox", 1, 2, "64x64")
+    a, b = np.asarray(Image.open(native)), np.asarray(Image.open(cv))
+    assert a.shape == b.shape == (64, 64, 3) and not np.array_equal(a, b)  # same latents, two decoders
+    assert "CV-VAE-SD3 vs SD3's VAE" in table and RANDOM_WEIGHTS_NOTICE in table
+    assert len(files) == 4 and {f.rsplit(".", 1)[1] for f in files} == {"png", "json"}
+    with pytest.raises(gr.Error, match="prompt"):
+        handlers.compare_sd3("  ", 1, 2, "64x64")

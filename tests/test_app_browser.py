@@ -147,3 +147,17 @@ def test_compare_in_browser(page):
     table = page.locator("#compare-info").inner_text()
     assert "backbone VAE" in table and "CV-VAE" in table and "warping error" in table
     _screenshot(page, "compare")
+
+
+def test_compare_sd3_in_browser(page):
+    _tab(page, "Compare")
+    _tab(page, "SD3: text to image")
+    page.locator("#compare-sd3-run").click()
+    page.wait_for_function(
+        "() => document.querySelector('#compare-sd3-cvvae img') !== null"
+        " || document.querySelector('.toast-body.error') !== null"
+    )
+    assert not page.locator(".toast-body.error").all_inner_texts()
+    page.locator("#compare-sd3-native img").wait_for(state="visible")
+    assert "CV-VAE-SD3 vs SD3's VAE" in page.locator("#compare-sd3-info").inner_text()
+    _screenshot(page, "compare-sd3")
