@@ -1,4 +1,4 @@
-"""``python -m cvvae.training --config CONFIG.yaml [key=value ...]`` and ``python -m cvvae.training evaluate ...``."""
+"""``python -m cvvae.training --config CONFIG.yaml [key=value ...]``, ``... evaluate ...`` and ``... plot ...``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ def _train_parser() -> argparse.ArgumentParser:
         prog="python -m cvvae.training",
         description="Train CV-VAE with latent regularisation (or its small 2-D reference VAE). "
         "Re-running the same command resumes from the newest checkpoint in output_dir. "
-        "Use `python -m cvvae.training evaluate --help` for the compatibility evaluation.",
+        "Use `python -m cvvae.training evaluate --help` for the compatibility evaluation and "
+        "`python -m cvvae.training plot --help` for its plot over training steps.",
     )
     p.add_argument("--config", help="YAML config (see cvvae/training/configs/)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. loss.mapping=slice steps=200")
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from .evaluate import main as evaluate_main
 
         return run_command(lambda: evaluate_main(argv[1:]))
+    if argv and argv[0] == "plot":
+        from .plots import main as plot_main
+
+        return run_command(lambda: plot_main(argv[1:]))
     return run_command(lambda: _train(argv))
 
 
