@@ -304,7 +304,7 @@ def test_compatibility_is_logged_during_training(tiny_run):
     out = tiny_run["tmp"] / "logged"
     Trainer(load_config(None, _overrides(tiny_run, out, eval_every=2, **{"loss.disc_weight": 0}))).run()
     rows = [json.loads(line) for line in (out / "compatibility.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [2, 4]
+    assert [r["step"] for r in rows] == [0, 2, 4]  # 0: the inflated model, before training
     assert {"a_3d_recon", "b_2d_dec_on_3d_latents", "c_3d_dec_on_2d_latents", "frechet"} <= set(rows[0])
 
     # the plot command reads the log: a PNG and a table with one row per evaluation
@@ -316,7 +316,7 @@ def test_compatibility_is_logged_during_training(tiny_run):
     assert main(["plot", "--run", f"mine={out}", "--out", str(png)]) == 0
     assert Image.open(png).size[0] > 1000
     table = png.with_suffix(".md").read_text().splitlines()
-    assert [line.split(" | ")[1] for line in table[2:]] == ["2", "4"]
+    assert [line.split(" | ")[1] for line in table[2:]] == ["0", "2", "4"]
     assert f"{rows[1]['a_3d_recon']['psnr']:.2f}" in table[3]
     assert main(["plot", "--run", f"none={tiny_run['tmp']}", "--out", str(png)]) == 2  # no log there
 

@@ -272,6 +272,8 @@ class Trainer:
         if resumed:
             bar.write(f"resumed from step {self.step}")
         t0 = time.time()
+        if cfg.eval_every and self.step == 0 and self.acc.is_main_process:
+            self.log_compatibility()  # the starting point (for an inflated model: compatible by construction)
         while self.step < end:
             logs = self.train_step(self.step)
             self.step += 1
