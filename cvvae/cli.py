@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from .errors import InputError, UserError
 from .hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, DEFAULT_SUBFOLDER, default_subfolder, model_label
+from .tiling import NORM_MODES
 
 # ----------------------------------------------------------------------------- options
 
@@ -82,9 +83,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--tile-overlap", type=float, default=None, help="fraction of a tile shared with its neighbour")
     t.add_argument(
         "--tile-norm",
-        choices=("pooled", "tile"),
+        choices=NORM_MODES,
         default=None,
-        help="GroupNorm statistics over the whole clip (pooled, closest to untiled) or per tile",
+        help="GroupNorm statistics: pooled over the clip in passes (default), exact for the whole clip "
+        "(closest, memory grows with the clip) or per tile (the release's)",
     )
     t.add_argument("--no-tiling", action="store_true", help="process the clip whole (fastest, most memory)")
 

@@ -292,7 +292,7 @@ def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
         x = x[0]
     if x.dim() != 4 or x.shape[0] != 3:
         raise InputError(f"expected [3, T, H, W] or [1, 3, T, H, W], got {tuple(x.shape)}")
-    x = x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    x = x.detach().float().clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)  # one float copy
     return x.permute(1, 2, 3, 0).cpu().numpy()  # [3, T, H, W] -> [T, H, W, 3]
 
 
