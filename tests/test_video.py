@@ -151,6 +151,23 @@ def test_resize_modes(tmp_path):
 # ----------------------------------------------------------------------------- bad files
 
 
+def test_reading_resized_holds_one_full_frame_at_a_time(tmp_path):
+    """Frames are resized as they are decoded: the peak grows with the small output, not the source."""
+    import tracemalloc
+
+    path = write_video(tmp_path / "long.mp4", smooth_clip(48, 240, 320), fps=10)
+    peaks = {}
+    for n in (12, 48):
+        tracemalloc.start()
+        frames, _ = read_video(path, num_frames=n, size=(32, 48))
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert frames.shape == (n, 32, 48, 3)
+    full_clip = 48 * 240 * 320 * 3  # 11 MB had the frames been kept at their source size
+    assert peaks[48] < full_clip / 4
+    assert peaks[48] - peaks[12] < 2 * 36 * frames[0].nbytes + 500_000  # the 36 more small frames (list + stack)
+
+
 def test_bad_files(tmp_path):
     real = write_video(tmp_path / "real.mp4", np.random.default_rng(0).integers(0, 256, (30, 64, 96, 3), np.uint8), 24)
     data = real.read_bytes()
