@@ -23,6 +23,7 @@ from .devices import dtype_name
 from .errors import InputError
 from .model import CVVAEModel, TilingLike
 from .outputs import atomic_path, check_output_path, sidecar_path
+from .tiling import tiled_decode
 
 LATENTS_KEY = "latents"
 LATENTS_FORMAT = "cvvae-latents-v1"
@@ -44,8 +45,13 @@ def reconstruct(
 ) -> np.ndarray:
     """Encode and decode uint8 ``[T, H, W, 3]`` frames; returns the same shape (any T, H, W)."""
     device, dtype = _place(vae)
+    t, h, w = frames.shape[:3]
     x = vio.frames_to_tensor(frames, device=device, dtype=dtype)  # [1, 3, T, H, W]
-    out = vae(x, sample_posterior=sample, generator=generator, tiling=tiling).sample  # trimmed to T, H, W
+    # vae(x) step by step, so that the input's float copy is freed before decoding
+    posterior = vae._posterior(vae._moments(x, tiling))
+    del x
+    z = posterior.sample(generator) if sample else posterior.mode()
+    out = tiled_decode(vae.decoder, z, vae._tiling(tiling), vae.video_channels)[:, :, :t, :h, :w]  # unpadded
     return vio.tensor_to_frames(out)
 
 

@@ -292,8 +292,12 @@ def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
         x = x[0]
     if x.dim() != 4 or x.shape[0] != 3:
         raise InputError(f"expected [3, T, H, W] or [1, 3, T, H, W], got {tuple(x.shape)}")
-    x = x.detach().float().clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)  # one float copy
-    return x.permute(1, 2, 3, 0).cpu().numpy()  # [3, T, H, W] -> [T, H, W, 3]
+    x = x.detach()
+    out = np.empty((*x.shape[1:], 3), np.uint8)
+    for s in range(0, x.shape[1], 16):  # 16 frames at a time: one small float copy, however long the clip
+        part = x[:, s : s + 16].float().clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
+        out[s : s + 16] = part.permute(1, 2, 3, 0).cpu().numpy()  # [3, t, H, W] -> [t, H, W, 3]
+    return out
 
 
 # ----------------------------------------------------------------------------- writing

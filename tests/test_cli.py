@@ -17,7 +17,7 @@ from conftest import CLIP, REPO
 from cvvae import cli
 from cvvae.api import load_latents, reconstruct
 from cvvae.loading import RANDOM_WEIGHTS_NOTICE
-from cvvae.video import probe, read_video, write_video
+from cvvae.video import frames_to_tensor, probe, read_video, tensor_to_frames, write_video
 
 TINY = ["--model", "tiny", "--device", "cpu"]
 
@@ -51,6 +51,9 @@ def test_reconstruct_keeps_any_shape(tiny_vae):
     rec = reconstruct(tiny_vae, frames)
     assert rec.shape == frames.shape and rec.dtype == np.uint8
     np.testing.assert_array_equal(rec, reconstruct(tiny_vae, frames))  # posterior mode: deterministic
+    with torch.no_grad():  # the same as the model's own forward
+        whole = tensor_to_frames(tiny_vae(frames_to_tensor(frames)).sample)
+    np.testing.assert_array_equal(rec, whole)
     sampled = reconstruct(tiny_vae, frames, sample=True, generator=torch.Generator().manual_seed(1))
     assert sampled.shape == frames.shape and not np.array_equal(sampled, rec)
 
