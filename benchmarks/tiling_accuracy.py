@@ -15,7 +15,8 @@ the same window and tile settings for
 
 ``--model random`` is a small model of the released structure with random weights (chaotic: every
 difference is amplified), ``nano`` the small trained model shipped in ``assets/nano``. Seconds are CPU
-seconds for the whole clip and each tiled run (one thread).
+seconds for the whole clip and each tiled run (one thread); "work" is that of the full-resolution
+stages relative to the whole clip (``cvvae.tiling.work``: boxes with their halos, times passes).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 
 from cvvae import CVVAEModel
 from cvvae.loading import load_vae
+from cvvae.tiling import work
 from cvvae.video import frames_to_tensor, read_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,12 +157,15 @@ def main(argv=None) -> None:
             lambda s=s: model.encode(x, tiling=s).latent_dist.mean,
             lambda s=s: model.decode(z_ref, tiling=s).sample,
         )
+    latents = tuple(z_ref.shape[2:])
     rows = []
     for name, (enc, dec) in runs.items():
         z, es = timed(enc)
         y, ds = timed(dec)
+        s = model.tiling.replace(**base, norm=name.split(", ")[-1]) if name != "release" else None
         rows.append(dict(run=name, encode=(z - z_ref).abs().mean().item(), decode=(y - y_ref).abs().mean().item(),
-                         encode_s=es, decode_s=ds))  # fmt: skip
+                         encode_s=es, decode_s=ds, encode_work=work(s, latents, False) if s else None,
+                         decode_work=work(s, latents, True) if s else None))  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     rel = rows[0]
     s = model.tiling.replace(**base)
@@ -168,11 +173,16 @@ def main(argv=None) -> None:
           f"mean |x| {y_ref.abs().mean():.3f}; windows of {fpw} frames, tiles of {tile} px, overlap {ov}; "
           f"halo {s.halo} latent px, temporal halo {s.temporal_halo} latent frames; "
           f"whole clip {enc_s:.1f} s encode, {dec_s:.1f} s decode")  # fmt: skip
-    print("| tiling | encode error | vs release | decode error | vs release | encode s | decode s |")
+    print("| tiling | encode error | vs release | decode error | vs release | encode s (work) | decode s (work) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
+
+    def cost(seconds, work):
+        return f"{seconds:.1f}" + (f" ({work:.1f}x)" if work else "")
+
     for r in rows:
         print(f"| {r['run']} | {r['encode']:.5f} | {r['encode'] / rel['encode']:.3f}x | {r['decode']:.5f} | "
-              f"{r['decode'] / rel['decode']:.3f}x | {r['encode_s']:.1f} | {r['decode_s']:.1f} |")  # fmt: skip
+              f"{r['decode'] / rel['decode']:.3f}x | {cost(r['encode_s'], r['encode_work'])} | "
+              f"{cost(r['decode_s'], r['decode_work'])} |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(dict(rows=rows, whole=dict(encode_s=enc_s, decode_s=dec_s)), indent=2))
 

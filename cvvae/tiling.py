@@ -218,6 +218,30 @@ class Axis:
         return zip(self.boxes, self.spans, self.cores, self.weights)
 
 
+def grid(settings: TilingSettings, latents: tuple[int, int, int], decoder: bool) -> tuple[Axis, list]:
+    """The temporal axis and the spatial tiles (pairs of ``Axis.items()``) of a clip of ``latents`` (n, h, w)."""
+    n, h, w = latents
+    ov = settings.overlap_latents
+    if decoder:  # a window's first latent decodes to one frame alone: one latent of lead gives it its other three
+        t_axis = Axis.plan(n, settings.window_latents, settings.temporal_overlap, settings.temporal_halo, lead=1)
+    else:
+        t_axis = Axis.windows(n, settings.window_latents)
+    tiles = list(product(Axis.plan(h, settings.tile_latents, ov, settings.halo).items(),
+                         Axis.plan(w, settings.tile_latents, ov, settings.halo).items()))  # fmt: skip
+    return t_axis, tiles
+
+
+def work(settings: TilingSettings, latents: tuple[int, int, int], decoder: bool) -> float:
+    """Work of the full-resolution stages relative to the whole clip: the boxes' volume (halos and
+    overlaps included) over the clip's, times the passes over it (1 when the clip runs whole)."""
+    t_axis, tiles = grid(settings, latents, decoder)
+    if len(t_axis) * len(tiles) == 1:
+        return 1.0
+    area = sum((hb[1] - hb[0]) * (wb[1] - wb[0]) for (hb, *_), (wb, *_) in tiles)
+    volume = sum(e - s for s, e in t_axis.boxes) * area
+    return volume * len(_passes(settings, len(t_axis))) / math.prod(latents)
+
+
 def _frames(span: tuple[int, int]) -> slice:
     """Latent frames ``[s, e)`` -> their video frames: latent 0 is frame 0, latent ``j`` frames ``4j - 3 .. 4j``."""
     s, e = span
@@ -337,10 +361,7 @@ def tiled_encode(encoder: nn.Module, x: torch.Tensor, settings: TilingSettings, 
     """
     b, _, frames, height, width = x.shape
     n, h, w = 1 + (frames - 1) // 4, height // 8, width // 8
-    ov = settings.overlap_latents
-    t_axis = Axis.windows(n, settings.window_latents)
-    tiles = list(product(Axis.plan(h, settings.tile_latents, ov, settings.halo).items(),
-                         Axis.plan(w, settings.tile_latents, ov, settings.halo).items()))  # fmt: skip
+    t_axis, tiles = grid(settings, (n, h, w), decoder=False)
     if len(t_axis) * len(tiles) == 1:
         return encoder(x)
     features: list[torch.Tensor] = []
@@ -370,11 +391,7 @@ def tiled_decode(decoder: nn.Module, z: torch.Tensor, settings: TilingSettings, 
     """Decode ``z`` ``[B, C, n, h, w]`` into ``[B, 3, 1 + 4 (n - 1), 8h, 8w]``: the latent-resolution stages
     on the whole clip, the upsampling stages box by box (haloed windows and tiles, blended)."""
     b, _, n, h, w = z.shape
-    ov = settings.overlap_latents
-    # a window's first latent decodes to one frame alone: one latent of lead gives it its other three
-    t_axis = Axis.plan(n, settings.window_latents, settings.temporal_overlap, settings.temporal_halo, lead=1)
-    tiles = list(product(Axis.plan(h, settings.tile_latents, ov, settings.halo).items(),
-                         Axis.plan(w, settings.tile_latents, ov, settings.halo).items()))  # fmt: skip
+    t_axis, tiles = grid(settings, (n, h, w), decoder=True)
     if len(t_axis) * len(tiles) == 1:
         return decoder(z)
     features = decoder.low(z)  # [B, C, n, h, w], exact: the mid block's attention sees the whole clip

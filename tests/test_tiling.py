@@ -7,7 +7,7 @@ import torch
 from conftest import CLIP
 
 from cvvae.errors import InputError
-from cvvae.tiling import TILING_SPECS, Axis, TilingSettings, cores, ramp_weights, spans, tiling_changes
+from cvvae.tiling import TILING_SPECS, Axis, TilingSettings, cores, ramp_weights, spans, tiling_changes, work
 
 
 @pytest.mark.parametrize("length, size, overlap", [(10, 4, 1), (13, 5, 2), (7, 7, 2), (3, 8, 2), (40, 9, 3)])
@@ -36,6 +36,17 @@ def test_boxes_carry_halo_context_and_encoder_windows_do_not_overlap():
         assert bs == max(0, s - 4) and be == min(40, e + 4)
     windows = Axis.windows(9, 3)  # latents of 17 + 16 + ... frames: the first window has the extra frame
     assert windows.boxes == [(0, 3), (3, 5), (5, 7), (7, 9)] and windows.cores == windows.boxes
+
+
+def test_work_counts_halos_and_passes():
+    tiles = TilingSettings(frames_per_window=None, tile_size=64, overlap=0.0, halo=0, norm="tile")
+    assert work(tiles, (3, 16, 16), decoder=True) == 1.0  # four 8x8 tiles, nothing computed twice
+    assert work(tiles.replace(halo=2), (3, 16, 16), decoder=True) == 4 * 10 * 10 / 256  # halos on inner sides
+    windows = TilingSettings(frames_per_window=8, tile_size=None, norm="tile")
+    assert work(windows, (9, 4, 4), decoder=False) == 1.0  # the encoder's windows are back to back
+    assert work(windows.replace(norm="pooled"), (9, 4, 4), decoder=False) == 2.0  # record, then apply
+    assert work(windows, (9, 4, 4), decoder=True) > 1.0  # the decoder's overlap, halo and lead
+    assert work(windows.replace(enabled=False), (9, 4, 4), decoder=True) == 1.0
 
 
 def test_blend_is_symmetric():
