@@ -21,7 +21,7 @@ from . import metrics
 from . import video as vio
 from .devices import dtype_name
 from .errors import InputError
-from .model import CVVAEModel, TilingLike
+from .model import CVVAEModel, PaddedFrames, TilingLike
 from .outputs import atomic_path, check_output_path, sidecar_path
 from .tiling import tiled_decode
 
@@ -39,20 +39,37 @@ def _place(vae: CVVAEModel) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype
 
 
+def decode_frames(
+    vae: CVVAEModel, z: torch.Tensor, size: tuple[int, int, int], tiling: TilingLike = None
+) -> np.ndarray:
+    """Decode raw latents ``[1, C, n, h, w]`` into uint8 frames ``[T, H, W, 3]`` (``size``: T, H, W, at most
+    what the latents decode to). Tiled, each window's frames become 8-bit as soon as they are final, so
+    no floating-point copy of the whole clip is made."""
+    t, h, w = size
+    out = np.empty((t, h, w, 3), np.uint8)
+    done = 0
+
+    def keep(part: torch.Tensor) -> None:  # part: [1, 3, frames, H', W'] of final frames, in order
+        nonlocal done
+        part = part[:, :, : t - done, :h, :w]
+        out[done : done + part.shape[2]] = vio.tensor_to_frames(part)
+        done += part.shape[2]
+
+    tiled_decode(vae.decoder, z, vae._tiling(tiling), vae.video_channels, sink=keep)
+    return out
+
+
 @torch.inference_mode()
 def reconstruct(
     vae: CVVAEModel, frames: np.ndarray, sample: bool = False, generator=None, tiling: TilingLike = None
 ) -> np.ndarray:
-    """Encode and decode uint8 ``[T, H, W, 3]`` frames; returns the same shape (any T, H, W)."""
+    """Encode and decode uint8 ``[T, H, W, 3]`` frames; returns the same shape (any T, H, W), equal to
+    ``vae(x)``. With tiling, frames are converted box by box and written back window by window: the
+    clip is held only as 8-bit frames, in and out."""
     device, dtype = _place(vae)
-    t, h, w = frames.shape[:3]
-    x = vio.frames_to_tensor(frames, device=device, dtype=dtype)  # [1, 3, T, H, W]
-    # vae(x) step by step, so that the input's float copy is freed before decoding
-    posterior = vae._posterior(vae._moments(x, tiling))
-    del x
+    posterior = vae._posterior(vae._moments(PaddedFrames(frames, device, dtype), tiling))
     z = posterior.sample(generator) if sample else posterior.mode()
-    out = tiled_decode(vae.decoder, z, vae._tiling(tiling), vae.video_channels)[:, :, :t, :h, :w]  # unpadded
-    return vio.tensor_to_frames(out)
+    return decode_frames(vae, z, frames.shape[:3], tiling)
 
 
 def reconstruct_file(
@@ -236,9 +253,12 @@ def decode_file(
         )
     device, dtype = _place(vae)
     t0 = time.perf_counter()
-    x = vae.decode(z.to(device=device, dtype=dtype), tiling=tiling).sample  # [1, 3, 1 + 4 (n - 1), 8h, 8w]
-    t, h, w = meta["frames"] or x.shape[2], meta["height"] or x.shape[3], meta["width"] or x.shape[4]
-    frames = vio.tensor_to_frames(x[:, :, :t, :h, :w])
+    n, h, w = z.shape[2:]
+    full = (1 + 4 * (n - 1), 8 * h, 8 * w)  # what the latents decode to; trimmed to the source's size
+    size = tuple(
+        min(kept or whole, whole) for kept, whole in zip((meta["frames"], meta["height"], meta["width"]), full)
+    )
+    frames = decode_frames(vae, z.to(device=device, dtype=dtype), size, tiling)
     seconds = time.perf_counter() - t0
     result = {
         "frames": int(len(frames)),
@@ -254,4 +274,12 @@ def decode_file(
     return result
 
 
-__all__ = ["decode_file", "encode_file", "load_latents", "reconstruct", "reconstruct_file", "sidecar_path"]
+__all__ = [
+    "decode_file",
+    "decode_frames",
+    "encode_file",
+    "load_latents",
+    "reconstruct",
+    "reconstruct_file",
+    "sidecar_path",
+]

@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
@@ -29,6 +30,7 @@ from .hub import PICKLE_SUFFIXES, cache_first, check_local_weights, hub_error, l
 from .networks import Decoder, Encoder
 from .networks_sd3 import DecoderSD3, EncoderSD3
 from .tiling import TilingSettings, tiled_decode, tiled_encode
+from .video import frames_to_tensor
 
 TilingLike = TilingSettings | dict | None
 SD3_SCALING_FACTOR, SD3_SHIFT_FACTOR = 1.5305, 0.0609  # SD3's image VAE (and so its transformer's) latent convention
@@ -52,6 +54,29 @@ class CVVAEPosterior(DiagonalGaussianDistribution):
 def padded_length(frames: int) -> int:
     """Smallest ``1 + 4k >= frames``."""
     return 1 + 4 * -(-(frames - 1) // 4)
+
+
+class PaddedFrames:
+    """uint8 frames ``[T, H, W, 3]`` seen as the padded clip ``[1, 3, T', H', W']`` in [-1, 1] that the
+    encoder takes (``CVVAEModel._pad``: last frame repeated to ``1 + 4k``, edge pixels to multiples of 8),
+    converted only where sliced: a tiled encode then holds one box in floating point, not the clip."""
+
+    def __init__(self, frames: np.ndarray, device: torch.device | str | None = None, dtype=torch.float32):
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+            raise InputError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        self.frames, self.device, self.dtype = frames, device, dtype
+        t, h, w = frames.shape[:3]
+        self.shape = (1, 3, padded_length(t), h + -h % 8, w + -w % 8)
+
+    def __getitem__(self, index: tuple[slice, ...]) -> torch.Tensor:
+        """``[:, :, frames, rows, cols]`` (slices) as a tensor, equal to slicing the padded clip."""
+        slices = isinstance(index, tuple) and len(index) == 5 and all(isinstance(i, slice) for i in index)
+        if not slices or index[:2] != (slice(None), slice(None)):
+            raise IndexError("PaddedFrames takes [:, :, frames, rows, cols] with slices")
+        picks = [
+            np.arange(n)[i].clip(max=size - 1) for n, i, size in zip(self.shape[2:], index[2:], self.frames.shape)
+        ]
+        return frames_to_tensor(self.frames[np.ix_(*picks)], self.device, self.dtype)
 
 
 def latent_frames(frames: int) -> int:
@@ -144,10 +169,12 @@ class _CVVAEFamily(ModelMixin, ConfigMixin):
 
     # ----------------------------------------------------------------------------- encode / decode
 
-    def _moments(self, x: torch.Tensor, tiling: TilingLike) -> torch.Tensor:
-        """Padded video ``[B, 3, T, H, W]`` -> moments ``[B, 2 z, 1 + (T - 1) // 4, H / 8, W / 8]``."""
+    def _moments(self, x: torch.Tensor | PaddedFrames, tiling: TilingLike) -> torch.Tensor:
+        """Video ``[B, 3, T, H, W]`` (padded here) or ``PaddedFrames`` -> moments
+        ``[B, 2 z, 1 + (T' - 1) // 4, H' / 8, W' / 8]`` of the padded sizes."""
         moments_channels = self.latent_channels * (2 if self.config.double_z else 1)
-        return tiled_encode(self.encoder, self._pad(x), self._tiling(tiling), moments_channels)
+        x = x if isinstance(x, PaddedFrames) else self._pad(x)
+        return tiled_encode(self.encoder, x, self._tiling(tiling), moments_channels)
 
     def _posterior(self, moments: torch.Tensor) -> CVVAEPosterior:
         """Mean | logvar moments; without ``double_z`` the encoder gives only the mean (deterministic)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from itertools import product
 
 import torch
@@ -254,9 +255,13 @@ class Box:
 
     window: int
     tile: int
-    x: torch.Tensor
+    load: Callable[[], torch.Tensor]  # its input, made when it runs (a view, or a converted slice of the source)
     core: BoxCore
     place: Callable[[torch.Tensor], None]
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.load()
 
 
 def _passes(settings: TilingSettings, windows: int) -> list[str]:
@@ -275,7 +280,8 @@ def lockstep(steps: list, boxes: list[Box], clip: NormStats | None, before=None,
     their owned parts pooled (exactly the statistics of the region they tile); ``clip`` also collects the
     sums. ``before(box)`` runs before a box takes a step; with ``store`` the boxes' states wait there
     between steps (e.g. the CPU, so accelerator memory holds one box)."""
-    device = boxes[0].x.device
+    states = [{"h": box.x} for box in boxes]
+    device = states[0]["h"].device
 
     def load(state: dict) -> dict:
         return {k: v.to(device, non_blocking=True) for k, v in state.items()}
@@ -283,7 +289,7 @@ def lockstep(steps: list, boxes: list[Box], clip: NormStats | None, before=None,
     def keep(state: dict) -> dict:
         return state if store is None else {k: v.to(store, non_blocking=True) for k, v in state.items()}
 
-    states = [keep({"h": box.x}) for box in boxes]
+    states = [keep(state) for state in states]
     for step in steps:
         if isinstance(step, PooledGroupNorm):
             pooled = NormStats()
@@ -357,13 +363,14 @@ def tiled_encode(encoder: nn.Module, x: torch.Tensor, settings: TilingSettings, 
     """Encode ``x`` ``[B, 3, 1 + 4k, 8h, 8w]`` into moments ``[B, C, 1 + k, h, w]`` window by window, tile by tile.
 
     The full-resolution stages stream through back-to-back windows (causal history carried: exact)
-    and haloed tiles; the latent-resolution stages run on the whole clip.
+    and haloed tiles; the latent-resolution stages run on the whole clip. ``x`` may also be anything
+    with that ``shape`` that slices like it (``cvvae.video.FrameTensor``): each box is sliced when it runs.
     """
     b, _, frames, height, width = x.shape
     n, h, w = 1 + (frames - 1) // 4, height // 8, width // 8
     t_axis, tiles = grid(settings, (n, h, w), decoder=False)
     if len(t_axis) * len(tiles) == 1:
-        return encoder(x)
+        return encoder(x[:, :, :, :, :])
     features: list[torch.Tensor] = []
 
     def placer(tb, hb, hs, hw, wb, ws, ww):
@@ -379,42 +386,82 @@ def tiled_encode(encoder: nn.Module, x: torch.Tensor, settings: TilingSettings, 
     for wi, tb in enumerate(t_axis.boxes):
         for ti, ((hb, hs, hc, hw), (wb, ws, wc, ww)) in enumerate(tiles):
             latents = (tb[1] - tb[0], hb[1] - hb[0], wb[1] - wb[0])
-            xs = x[:, :, _frames(tb), 8 * hb[0] : 8 * hb[1], 8 * wb[0] : 8 * wb[1]]
+            part = (slice(None), slice(None), _frames(tb), slice(8 * hb[0], 8 * hb[1]), slice(8 * wb[0], 8 * wb[1]))
             core = BoxCore(latents, (None, None, *_local(hc, hb), *_local(wc, wb)))
-            boxes.append(Box(wi, ti, xs, core, placer(tb, hb, hs, hw, wb, ws, ww)))
+            boxes.append(Box(wi, ti, partial(x.__getitem__, part), core, placer(tb, hb, hs, hw, wb, ws, ww)))
     causal = [m for m in encoder.modules() if hasattr(m, "history")]
     _run(encoder, boxes, settings, "encode", causal)
     return encoder.low(features[0])
 
 
-def tiled_decode(decoder: nn.Module, z: torch.Tensor, settings: TilingSettings, out_channels: int) -> torch.Tensor:
+class _Frames:
+    """The blended output frames of a decode: all kept (``sink=None``), or handed to ``sink`` in order, and
+    freed, as soon as no later box adds to them (memory then holds about one window of frames)."""
+
+    def __init__(self, shape: tuple[int, ...], like: torch.Tensor, sink: Callable[[torch.Tensor], None] | None):
+        self.shape, self.like, self.sink, self.start = shape, like, sink, 0  # start: first frame held
+        self.held = like.new_zeros(shape if sink is None else (*shape[:2], 0, *shape[3:]))
+
+    def add(self, index: tuple[slice, slice, slice], values: torch.Tensor) -> None:
+        frames, rows, cols = index
+        missing = frames.stop - self.start - self.held.shape[2]
+        if missing > 0:
+            self.held = torch.cat([self.held, self.like.new_zeros(*self.shape[:2], missing, *self.shape[3:])], dim=2)
+        self.held[:, :, frames.start - self.start : frames.stop - self.start, rows, cols] += values
+
+    def release(self, upto: int) -> None:
+        """Hand the frames before ``upto`` to the sink."""
+        if self.sink is not None and upto > self.start:
+            self.sink(self.held[:, :, : upto - self.start])
+            self.held = self.held[:, :, upto - self.start :].clone()
+            self.start = upto
+
+
+def tiled_decode(
+    decoder: nn.Module,
+    z: torch.Tensor,
+    settings: TilingSettings,
+    out_channels: int,
+    sink: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor | None:
     """Decode ``z`` ``[B, C, n, h, w]`` into ``[B, 3, 1 + 4 (n - 1), 8h, 8w]``: the latent-resolution stages
-    on the whole clip, the upsampling stages box by box (haloed windows and tiles, blended)."""
+    on the whole clip, the upsampling stages box by box (haloed windows and tiles, blended).
+
+    With ``sink``, the frames are handed to it in order, in parts ``[B, 3, t, 8h, 8w]``, as soon as they
+    are final (and then freed), and nothing is returned."""
     b, _, n, h, w = z.shape
     t_axis, tiles = grid(settings, (n, h, w), decoder=True)
     if len(t_axis) * len(tiles) == 1:
-        return decoder(z)
+        x = decoder(z)
+        return x if sink is None else sink(x)
     features = decoder.low(z)  # [B, C, n, h, w], exact: the mid block's attention sees the whole clip
-    out = z.new_zeros(b, out_channels, 1 + 4 * (n - 1), 8 * h, 8 * w)
+    frames = 1 + 4 * (n - 1)
+    out = _Frames((b, out_channels, frames, 8 * h, 8 * w), z, sink)
 
-    def placer(tb, ts, tw, hb, hs, hw, wb, ws, ww):
-        def place(y: torch.Tensor) -> None:  # crop the halo, blend the span
+    def placer(tb, ts, tw, hb, hs, hw, wb, ws, ww, ready):
+        def place(y: torch.Tensor) -> None:  # crop the halo, blend the span, release what is final
             crop = y[:, :, _frames(_local(ts, tb)), 8 * (hs[0] - hb[0]) : 8 * (hs[1] - hb[0])]
             crop = crop[..., 8 * (ws[0] - wb[0]) : 8 * (ws[1] - wb[0])]
             weight = _frame_weights(tw, ts)[:, None, None] * _pixels(hw)[:, None] * _pixels(ww)
-            out[:, :, _frames(ts), 8 * hs[0] : 8 * hs[1], 8 * ws[0] : 8 * ws[1]] += crop * weight.to(crop)
+            out.add((_frames(ts), slice(8 * hs[0], 8 * hs[1]), slice(8 * ws[0], 8 * ws[1])), crop * weight.to(crop))
+            out.release(ready)
 
         return place
 
+    items = [(wi, ti, t, s) for wi, t in enumerate(t_axis.items()) for ti, s in enumerate(tiles)]
+    # boxes are placed in this order: frames before every later box's first frame are final after box i
+    firsts = [_frames(t[1]).start for _, _, t, _ in items]
+    ready = [min(firsts[i + 1 :], default=frames) for i in range(len(items))]
     boxes = []
-    for wi, (tb, ts, tc, tw) in enumerate(t_axis.items()):
-        for ti, ((hb, hs, hc, hw), (wb, ws, wc, ww)) in enumerate(tiles):
-            latents = (tb[1] - tb[0], hb[1] - hb[0], wb[1] - wb[0])
-            xs = features[:, :, tb[0] : tb[1], hb[0] : hb[1], wb[0] : wb[1]]
-            core = BoxCore(latents, (*_local(tc, tb), *_local(hc, hb), *_local(wc, wb)))
-            boxes.append(Box(wi, ti, xs, core, placer(tb, ts, tw, hb, hs, hw, wb, ws, ww)))
+    for (wi, ti, (tb, ts, tc, tw), ((hb, hs, hc, hw), (wb, ws, wc, ww))), upto in zip(items, ready):
+        latents = (tb[1] - tb[0], hb[1] - hb[0], wb[1] - wb[0])
+        part = (slice(None), slice(None), slice(*tb), slice(*hb), slice(*wb))
+        core = BoxCore(latents, (*_local(tc, tb), *_local(hc, hb), *_local(wc, wb)))
+        boxes.append(
+            Box(wi, ti, partial(features.__getitem__, part), core, placer(tb, ts, tw, hb, hs, hw, wb, ws, ww, upto))
+        )
     _run(decoder, boxes, settings, "decode")
-    return out
+    return out.held if sink is None else None
 
 
 def _local(span: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:

@@ -45,16 +45,23 @@ def json_line(stdout: str) -> dict:
 # ----------------------------------------------------------------------------- library
 
 
-def test_reconstruct_keeps_any_shape(tiny_vae):
-    tiny_vae.disable_tiling()
-    frames = np.random.default_rng(0).integers(0, 256, (6, 20, 28, 3), dtype=np.uint8)
-    rec = reconstruct(tiny_vae, frames)
+@pytest.mark.parametrize(
+    "tiling",
+    [
+        {"enabled": False},
+        {"frames_per_window": 4, "tile_size": None},  # streamed: converted box by box, kept window by window
+        {"frames_per_window": 4, "tile_size": 16, "overlap": 0.25, "norm": "tile"},
+    ],
+)
+def test_reconstruct_keeps_any_shape(tiny_vae, tiling):
+    frames = np.random.default_rng(0).integers(0, 256, (14, 20, 28, 3), dtype=np.uint8)
+    rec = reconstruct(tiny_vae, frames, tiling=tiling)
     assert rec.shape == frames.shape and rec.dtype == np.uint8
-    np.testing.assert_array_equal(rec, reconstruct(tiny_vae, frames))  # posterior mode: deterministic
-    with torch.no_grad():  # the same as the model's own forward
-        whole = tensor_to_frames(tiny_vae(frames_to_tensor(frames)).sample)
+    np.testing.assert_array_equal(rec, reconstruct(tiny_vae, frames, tiling=tiling))  # posterior mode
+    with torch.no_grad():  # the same as the model's own forward on the whole clip tensor
+        whole = tensor_to_frames(tiny_vae(frames_to_tensor(frames), tiling=tiling).sample)
     np.testing.assert_array_equal(rec, whole)
-    sampled = reconstruct(tiny_vae, frames, sample=True, generator=torch.Generator().manual_seed(1))
+    sampled = reconstruct(tiny_vae, frames, sample=True, generator=torch.Generator().manual_seed(1), tiling=tiling)
     assert sampled.shape == frames.shape and not np.array_equal(sampled, rec)
 
 

@@ -180,6 +180,22 @@ def test_no_seam_at_window_boundaries(tiny_vae):
     assert at < 1.5 * step.mean()
 
 
+@pytest.mark.parametrize("tile_size", [None, 16])
+def test_decode_hands_frames_on_window_by_window(tiny_vae, tile_size):
+    """With a sink, tiled decoding releases final frames in order, about a window at a time, equal to the
+    frames it returns without one."""
+    from cvvae.tiling import tiled_decode
+
+    settings = tiny_vae.tiling.replace(frames_per_window=8, tile_size=tile_size, overlap=0.25)
+    z = torch.randn(1, 4, 9, 4, 4) * 0.5
+    parts = []
+    with torch.no_grad():
+        whole = tiled_decode(tiny_vae.decoder, z, settings, 3)
+        assert tiled_decode(tiny_vae.decoder, z, settings, 3, sink=parts.append) is None
+    assert torch.equal(torch.cat(parts, dim=2), whole)  # (1, 3, 33, 32, 32)
+    assert len(parts) >= 4 and max(p.shape[2] for p in parts) <= 8 + 4  # the last: its window's whole span
+
+
 def test_decoder_activation_size_does_not_grow_with_frames(tiny_vae):
     """With temporal windows on, the largest activation inside the decoder is the same for 13 and 25 latents."""
     largest = []
@@ -197,3 +213,20 @@ def test_decoder_activation_size_does_not_grow_with_frames(tiny_vae):
     for h in handles:
         h.remove()
     assert largest[0] == largest[1] > 0
+
+
+def test_padded_frames_slice_like_the_padded_clip():
+    """Tiled encoding converts the uint8 clip box by box: every slice equals the padded float clip's."""
+    from cvvae import CVVAEModel
+    from cvvae.model import PaddedFrames
+    from cvvae.video import frames_to_tensor
+
+    frames = torch.randint(0, 256, (7, 13, 21, 3), dtype=torch.uint8).numpy()
+    padded = CVVAEModel._pad(frames_to_tensor(frames))  # [1, 3, 9, 16, 24]
+    lazy = PaddedFrames(frames)
+    assert lazy.shape == tuple(padded.shape)
+    for t, h, w in [(slice(None), slice(None), slice(None)), (slice(5, 9), slice(8, 16), slice(16, 24))]:
+        index = (slice(None), slice(None), t, h, w)
+        assert torch.equal(lazy[index], padded[index])
+    with pytest.raises(IndexError):
+        lazy[0]
