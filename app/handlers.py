@@ -24,7 +24,7 @@ from cvvae.loading import RANDOM_WEIGHTS_NOTICE
 from cvvae.tiling import tiling_changes
 
 NANO_NOTICE = (
-    "reconstructed by 'nano', a small CV-VAE trained on a few clips on a CPU (blurry by design); "
+    "reconstructed by 'nano', a small CV-VAE trained on a CPU (blurry: about 21 dB on unseen clips); "
     f"real weights: python -m app --cvvae {CVVAE_HUB_ID}"
 )
 
