@@ -134,6 +134,7 @@ def main(argv=None) -> None:
     parser.add_argument("--frames-per-window", type=int, default=8)
     parser.add_argument("--tile-size", type=int, default=64)
     parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--temporal-halo", type=int, default=None, help="decoder's temporal halo (default: 3)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -151,6 +152,8 @@ def main(argv=None) -> None:
         )
     }
     base = dict(enabled=True, frames_per_window=fpw, tile_size=tile, overlap=ov)
+    if args.temporal_halo is not None:
+        base["temporal_halo"] = args.temporal_halo
     for norm in ("tile", "pooled", "exact"):
         s = model.tiling.replace(**base, norm=norm)
         runs[f"ours, {norm}"] = (
