@@ -44,3 +44,24 @@ def test_vae_speed_benchmark_writes_its_table(tmp_path):
     eager, channels_last = rows[0], rows[1]
     assert eager["max_abs_err"] == 0  # fp32 untiled eager is the reference itself
     assert channels_last["max_abs_err"] < 1e-4 and channels_last["tflop"] == eager["tflop"]
+
+
+def test_tiling_accuracy_benchmark_reports_errors_and_work(tmp_path):
+    from benchmarks import tiling_accuracy
+
+    out = tmp_path / "acc.json"
+    tiling_accuracy.main(["--model", "random", "--frames", "17", "--size", "48", "160", "--json", str(out)])
+    rows = {r["run"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"release", "ours, tile", "ours, pooled", "ours, exact"}
+    assert rows["release"]["decode"] > rows["ours, exact"]["decode"]  # three 64 px tiles across 160 px
+    assert rows["ours, pooled"]["decode_work"] == 2 * rows["ours, tile"]["decode_work"] > 1  # two passes
+
+
+def test_host_memory_benchmark_measures_fresh_processes(tmp_path, capsys):
+    from conftest import CLIP
+
+    from benchmarks import host_memory
+
+    host_memory.main(["--video", str(CLIP), "--frames", "5", "9", "--size", "32", "48", "--repeat", "1"])
+    runs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(runs) == {"5", "9"} and all(0.1 < gb[0] < 8 for gb in runs.values())
