@@ -364,7 +364,7 @@ def tiled_encode(encoder: nn.Module, x: torch.Tensor, settings: TilingSettings, 
 
     The full-resolution stages stream through back-to-back windows (causal history carried: exact)
     and haloed tiles; the latent-resolution stages run on the whole clip. ``x`` may also be anything
-    with that ``shape`` that slices like it (``cvvae.video.FrameTensor``): each box is sliced when it runs.
+    with that ``shape`` that slices like it (``cvvae.model.PaddedFrames``): each box is sliced when it runs.
     """
     b, _, frames, height, width = x.shape
     n, h, w = 1 + (frames - 1) // 4, height // 8, width // 8
@@ -433,7 +433,10 @@ def tiled_decode(
     t_axis, tiles = grid(settings, (n, h, w), decoder=True)
     if len(t_axis) * len(tiles) == 1:
         x = decoder(z)
-        return x if sink is None else sink(x)
+        if sink is None:
+            return x
+        sink(x)
+        return None
     features = decoder.low(z)  # [B, C, n, h, w], exact: the mid block's attention sees the whole clip
     frames = 1 + 4 * (n - 1)
     out = _Frames((b, out_channels, frames, 8 * h, 8 * w), z, sink)
