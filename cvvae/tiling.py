@@ -15,13 +15,15 @@ every box is aligned at every layer:
 - **causal windows**: the encoder is causal in time, so its windows do not overlap: every causal
   layer carries the frames it needs from one window to the next (``blocks.CausalHistory``), which
   makes them exact;
-- **GroupNorm**: its statistics span the whole clip. With ``norm="pooled"`` a first pass records the
-  sums of every box's owned part (a partition of the clip: nothing counted twice) and a second pass
-  normalises every box with the pooled statistics; ``norm_passes`` > 2 refines them further, since
-  the first pass normalised earlier layers per box. ``norm="tile"`` is one pass with per-box
-  statistics, like the release.
+- **GroupNorm**: its statistics span the whole clip. The boxes of a window run in lockstep and pause at
+  every GroupNorm to pool the sums of their owned parts (a partition of the window: nothing counted
+  twice), so statistics are exact within a window. ``norm="pooled"`` also pools them over windows:
+  a first pass records them, a second normalises every window with the clip's (``norm_passes`` > 2
+  refines them further). ``norm="exact"`` runs every box of the clip in lockstep (one pass, exact);
+  ``norm="tile"`` is one pass with per-box statistics, like the release.
 
-Memory is bounded by one box (plus the latent-resolution features of the clip).
+Memory holds one window's boxes (one box on the accelerator with ``offload``; every box with
+``norm="exact"``) plus the latent-resolution features of the clip.
 """
 
 from __future__ import annotations
