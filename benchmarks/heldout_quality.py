@@ -22,6 +22,7 @@ import torch
 from cvvae import metrics
 from cvvae.api import reconstruct
 from cvvae.loading import load_vae
+from cvvae.training.losses import batch_to_frames, frames_to_batch
 from cvvae.video import frames_to_tensor, read_video, tensor_to_frames
 
 CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
@@ -37,9 +38,9 @@ def clip_folder() -> Path:
 @torch.inference_mode()
 def reconstruct_2d(vae2d, clip: np.ndarray) -> np.ndarray:
     """Frame by frame through a diffusers ``AutoencoderKL`` (posterior mode), 8 frames at a time."""
-    x = frames_to_tensor(clip)[0].transpose(0, 1)  # [1, 3, T, H, W] -> [T, 3, H, W]
+    x = frames_to_batch(frames_to_tensor(clip))  # [1, 3, T, H, W] -> [T, 3, H, W]
     out = [vae2d.decode(vae2d.encode(part).latent_dist.mode()).sample for part in x.split(8)]
-    return tensor_to_frames(torch.cat(out).transpose(0, 1))  # [T, 3, H, W] -> [3, T, H, W] -> frames
+    return tensor_to_frames(batch_to_frames(torch.cat(out), len(clip)))
 
 
 def evaluate(model: str, size: int, frames: int, vae2d: str | None = None) -> dict:

@@ -21,9 +21,8 @@ from . import metrics
 from . import video as vio
 from .devices import dtype_name
 from .errors import InputError
-from .model import CVVAEModel, PaddedFrames, TilingLike
+from .model import CVVAEModel, TilingLike, video_frames
 from .outputs import atomic_path, check_output_path, sidecar_path
-from .tiling import tiled_decode
 
 LATENTS_KEY = "latents"
 LATENTS_FORMAT = "cvvae-latents-v1"
@@ -39,37 +38,15 @@ def _place(vae: CVVAEModel) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype
 
 
-def decode_frames(
-    vae: CVVAEModel, z: torch.Tensor, size: tuple[int, int, int], tiling: TilingLike = None
-) -> np.ndarray:
-    """Decode raw latents ``[1, C, n, h, w]`` into uint8 frames ``[T, H, W, 3]`` (``size``: T, H, W, at most
-    what the latents decode to). Tiled, each window's frames become 8-bit as soon as they are final, so
-    no floating-point copy of the whole clip is made."""
-    t, h, w = size
-    out = np.empty((t, h, w, 3), np.uint8)
-    done = 0
-
-    def keep(part: torch.Tensor) -> None:  # part: [1, 3, frames, H', W'] of final frames, in order
-        nonlocal done
-        part = part[:, :, : t - done, :h, :w]
-        out[done : done + part.shape[2]] = vio.tensor_to_frames(part)
-        done += part.shape[2]
-
-    tiled_decode(vae.decoder, z, vae._tiling(tiling), vae.video_channels, sink=keep)
-    return out
-
-
 @torch.inference_mode()
 def reconstruct(
     vae: CVVAEModel, frames: np.ndarray, sample: bool = False, generator=None, tiling: TilingLike = None
 ) -> np.ndarray:
     """Encode and decode uint8 ``[T, H, W, 3]`` frames; returns the same shape (any T, H, W), equal to
-    ``vae(x)``. With tiling, frames are converted box by box and written back window by window: the
-    clip is held only as 8-bit frames, in and out."""
-    device, dtype = _place(vae)
-    posterior = vae._posterior(vae._moments(PaddedFrames(frames, device, dtype), tiling))
+    ``vae(x)``. With tiling, the clip is held only as 8-bit frames, in and out."""
+    posterior = vae.encode_frames(frames, tiling)
     z = posterior.sample(generator) if sample else posterior.mode()
-    return decode_frames(vae, z, frames.shape[:3], tiling)
+    return vae.decode_frames(z, frames.shape[:3], tiling)
 
 
 def reconstruct_file(
@@ -159,9 +136,9 @@ def encode_file(
     out = check_output_path(latents_path, ".safetensors", in_path, overwrite=overwrite)
     frames, fps = vio.read_video(in_path, start, num_frames, stride, size, resize)
     vae = _resolve(vae)
-    device, dtype = _place(vae)
+    device = _place(vae)[0]
     t0 = time.perf_counter()
-    posterior = vae.encode(vio.frames_to_tensor(frames, device=device, dtype=dtype), tiling=tiling).latent_dist
+    posterior = vae.encode_frames(frames, tiling)
     generator = torch.Generator(device=device).manual_seed(seed) if sample else None
     z = (posterior.sample(generator) if sample else posterior.mode()).float().cpu().contiguous()
     seconds = time.perf_counter() - t0
@@ -254,11 +231,11 @@ def decode_file(
     device, dtype = _place(vae)
     t0 = time.perf_counter()
     n, h, w = z.shape[2:]
-    full = (1 + 4 * (n - 1), 8 * h, 8 * w)  # what the latents decode to; trimmed to the source's size
+    full = (video_frames(n), 8 * h, 8 * w)  # what the latents decode to; trimmed to the source's size
     size = tuple(
         min(kept or whole, whole) for kept, whole in zip((meta["frames"], meta["height"], meta["width"]), full)
     )
-    frames = decode_frames(vae, z.to(device=device, dtype=dtype), size, tiling)
+    frames = vae.decode_frames(z.to(device=device, dtype=dtype), size, tiling)
     seconds = time.perf_counter() - t0
     result = {
         "frames": int(len(frames)),
@@ -276,7 +253,6 @@ def decode_file(
 
 __all__ = [
     "decode_file",
-    "decode_frames",
     "encode_file",
     "load_latents",
     "reconstruct",

@@ -30,7 +30,7 @@ from .hub import PICKLE_SUFFIXES, cache_first, check_local_weights, hub_error, l
 from .networks import Decoder, Encoder
 from .networks_sd3 import DecoderSD3, EncoderSD3
 from .tiling import TilingSettings, tiled_decode, tiled_encode
-from .video import frames_to_tensor
+from .video import frames_to_tensor, tensor_to_frames
 
 TilingLike = TilingSettings | dict | None
 SD3_SCALING_FACTOR, SD3_SHIFT_FACTOR = 1.5305, 0.0609  # SD3's image VAE (and so its transformer's) latent convention
@@ -218,6 +218,34 @@ class _CVVAEFamily(ModelMixin, ConfigMixin):
         if self.config.reshape_x_dim_to_4:
             x = x.transpose(1, 2).flatten(0, 1)  # (B, C, T, H, W) -> ((B T), C, H, W)
         return DecoderOutput(sample=x) if return_dict else (x,)
+
+    @apply_forward_hook
+    def encode_frames(self, frames: np.ndarray, tiling: TilingLike = None) -> CVVAEPosterior:
+        """uint8 frames ``[T, H, W, 3]`` -> the posterior over raw latents ``[1, C, n, h, w]`` of the padded
+        clip, as ``encode`` gives for ``frames_to_tensor(frames)``; tiled, the frames are converted to
+        floating point box by box, never the whole clip at once."""
+        return self._posterior(self._moments(PaddedFrames(frames, self.device, self.dtype), tiling))
+
+    @apply_forward_hook
+    def decode_frames(
+        self, z: torch.Tensor, size: tuple[int, int, int] | None = None, tiling: TilingLike = None
+    ) -> np.ndarray:
+        """Raw latents ``[1, C, n, h, w]`` -> uint8 frames ``[T, H, W, 3]`` trimmed to ``size`` (T, H, W; default:
+        all that the latents decode to). Tiled, each window's frames become 8-bit as soon as they are
+        final, so no floating-point copy of the whole clip is made."""
+        n, h8, w8 = z.shape[2:]
+        t, h, w = size or (video_frames(n), 8 * h8, 8 * w8)
+        out = np.empty((t, h, w, 3), np.uint8)
+        done = 0
+
+        def keep(part: torch.Tensor) -> None:  # part: [1, 3, frames, H', W'] of final frames, in order
+            nonlocal done
+            part = part[:, :, : t - done, :h, :w]
+            out[done : done + part.shape[2]] = tensor_to_frames(part)
+            done += part.shape[2]
+
+        tiled_decode(self.decoder, z, self._tiling(tiling), self.video_channels, sink=keep)
+        return out
 
     def forward(
         self,
