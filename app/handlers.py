@@ -342,14 +342,11 @@ class Handlers:
             raise gr.Error(f"CV-VAE variant must be one of {', '.join(VAE_VARIANTS)}, got {variant!r}")
         with self._vae_lock:
             if variant not in self._vaes:
-                import torch
-
-                from cvvae.pipelines.presets import load_cvvae
+                from cvvae.loading import load_vae
 
                 name, subfolder = self._vae_source(variant)
-                with user_errors(f"loading {VAE_VARIANTS[variant]}"):
-                    vae = load_cvvae(name, subfolder, torch.float32, variant)  # fp32: as stored
-                    self._vaes[variant] = vae.to(self.config.device) if self.config.device else vae
+                with user_errors(f"loading {VAE_VARIANTS[variant]}"):  # fp32: as stored
+                    self._vaes[variant] = load_vae(name, subfolder, device=self.config.device, variant=variant)
             return self._vaes[variant]
 
     def reconstruct(

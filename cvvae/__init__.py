@@ -1,19 +1,32 @@
-"""CV-VAE: a 3-D video VAE whose latents stay compatible with the Stable Diffusion image VAE."""
+"""CV-VAE: a 3-D video VAE whose latents stay compatible with the Stable Diffusion image VAE.
+
+Names load on first use, so ``python -m cvvae --help`` answers without importing torch or diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 from .errors import InputError, ModelLoadError, UserError
-from .model import CVVAEModel, CVVAEPosterior, CVVAESD3Model, latent_frames, padded_length, video_frames
-from .tiling import TilingSettings
 
-__all__ = [
-    "CVVAEModel",
-    "CVVAEPosterior",
-    "CVVAESD3Model",
-    "InputError",
-    "ModelLoadError",
-    "TilingSettings",
-    "UserError",
-    "latent_frames",
-    "padded_length",
-    "video_frames",
-]
+_LAZY = {
+    "CVVAEModel": "model",
+    "CVVAEPosterior": "model",
+    "CVVAESD3Model": "model",
+    "TilingSettings": "tiling",
+    "latent_frames": "frames",
+    "padded_length": "frames",
+    "video_frames": "frames",
+}
+__all__ = ["InputError", "ModelLoadError", "UserError", *_LAZY]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

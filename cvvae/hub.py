@@ -115,3 +115,20 @@ def cache_first(load, model_id: str, **kwargs):
         if is_offline() or not hub_reachable():
             raise hub_error(model_id, kwargs.get("subfolder"), err) from err
     return load(model_id, **kwargs)
+
+
+def load_model(load, name: str, subfolder: str | None = None, **kwargs):
+    """``load(name, subfolder=..., **kwargs)`` (a ``from_pretrained``) from a local folder, or for a hub id
+    from the cache first (:func:`cache_first`); a missing or unloadable model is a :class:`ModelLoadError`
+    saying how to get it (the one place that turns loaders' ``OSError``/``ValueError`` into advice)."""
+    if subfolder is not None:
+        kwargs["subfolder"] = subfolder
+    local = looks_local(name)
+    if local and not Path(name).expanduser().is_dir():
+        raise ModelLoadError(f"model folder {name} does not exist: check the path")
+    try:
+        return load(name, **kwargs) if local else cache_first(load, name, **kwargs)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError) as err:
+        raise hub_error(name, subfolder, err) from err

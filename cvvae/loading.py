@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
-from .hub import cache_first, default_subfolder, looks_local
+from .hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, SD3_SUBFOLDER, cache_first, default_subfolder, looks_local
 from .model import MODEL_CLASSES, CVVAEModel, CVVAESD3Model, _CVVAEFamily
 
 # CV-VAEs small enough for CPU tests and machines without weights, with the released structures.
@@ -48,29 +48,46 @@ def model_class(model: str | Path, subfolder: str | None = None) -> type[_CVVAEF
     return MODEL_CLASSES[name]
 
 
+def resolve_subfolder(model: str, subfolder: str | None, variant: str | None = None) -> str | None:
+    """The subfolder that holds the CV-VAE of ``variant`` (``sd21`` or ``sd3``; None: whatever ``subfolder`` says).
+
+    The released repository keeps its SD3 model (``vae3d_sd3``) beside the SD 2.1 ones, so ``sd3`` with an
+    SD 2.1 subfolder (or none) means ``vae3d_sd3``; a local folder that is the model itself needs no subfolder.
+    """
+    if variant == "sd3" and (subfolder in CVVAE_SUBFOLDERS or (subfolder is None and model == CVVAE_HUB_ID)):
+        subfolder = SD3_SUBFOLDER
+    subfolder = default_subfolder(model, subfolder)
+    if subfolder and looks_local(model) and not (Path(model) / subfolder / "config.json").is_file():
+        subfolder = None if (Path(model) / "config.json").is_file() else subfolder
+    return subfolder
+
+
 def load_vae(
     model: str | Path,
     subfolder: str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     allow_pickle: bool = False,
+    variant: str | None = None,
     **config_overrides,
 ) -> _CVVAEFamily:
     """Load a CV-VAE by name (``tiny``, ``nano``), local folder or hub id, onto ``device`` in ``dtype``.
 
-    The class (SD 2.1 / SVD or SD3 variant) comes from the model's ``config.json``. The released
+    The one CV-VAE loader of the project (command lines, pipelines, the app, fine-tuning, benchmarks).
+    The class (SD 2.1 / SVD or SD3 variant) comes from the model's ``config.json``; ``variant`` (``sd21``,
+    ``sd3``) picks the released repository's subfolder and the ``tiny`` model's structure. The released
     repository without a subfolder loads its newest SD 2.1 / SVD model.
     """
     name = str(model)
     if name == "tiny":
-        vae = build_tiny_vae()
+        vae = build_tiny_vae(variant=variant or "sd21")
     else:
         path = NAMED_MODELS.get(name, model)
         if name in NAMED_MODELS and not Path(path).is_dir():
-            raise ModelLoadError(f"the '{name}' model is not in this checkout ({path} is missing)")
-        subfolder = default_subfolder(name, subfolder)
+            raise ModelLoadError(f"the '{name}' model is not in this installation ({path} is missing)")
+        subfolder = resolve_subfolder(name, subfolder, variant)
         cls = model_class(path, subfolder)
         vae = cls.from_pretrained(path, subfolder=subfolder, allow_pickle=allow_pickle, **config_overrides)
-    if dtype is not None:
+    if dtype is not None and dtype != next(vae.parameters()).dtype:
         torch.nn.Module.to(vae, dtype=dtype)  # (ModelMixin.to warns about casts; none matter here)
     return vae.to(device=device).eval()

@@ -26,11 +26,11 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch.nn import functional as F
 
 from .errors import InputError, ModelLoadError
+from .frames import PaddedFrames, latent_frames, padded_length, tensor_to_frames, video_frames
 from .hub import PICKLE_SUFFIXES, cache_first, check_local_weights, hub_error, looks_local
 from .networks import Decoder, Encoder
 from .networks_sd3 import DecoderSD3, EncoderSD3
 from .tiling import TilingSettings, tiled_decode, tiled_encode
-from .video import frames_to_tensor, tensor_to_frames
 
 TilingLike = TilingSettings | dict | None
 SD3_SCALING_FACTOR, SD3_SHIFT_FACTOR = 1.5305, 0.0609  # SD3's image VAE (and so its transformer's) latent convention
@@ -49,44 +49,6 @@ class CVVAEPosterior(DiagonalGaussianDistribution):
             (self.mean - other.mean).pow(2) / other.var + self.var / other.var - 1.0 - self.logvar + other.logvar,
             dim=dims,
         )
-
-
-def padded_length(frames: int) -> int:
-    """Smallest ``1 + 4k >= frames``."""
-    return 1 + 4 * -(-(frames - 1) // 4)
-
-
-class PaddedFrames:
-    """uint8 frames ``[T, H, W, 3]`` seen as the padded clip ``[1, 3, T', H', W']`` in [-1, 1] that the
-    encoder takes (``CVVAEModel._pad``: last frame repeated to ``1 + 4k``, edge pixels to multiples of 8),
-    converted only where sliced: a tiled encode then holds one box in floating point, not the clip."""
-
-    def __init__(self, frames: np.ndarray, device: torch.device | str | None = None, dtype=torch.float32):
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
-            raise InputError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-        self.frames, self.device, self.dtype = frames, device, dtype
-        t, h, w = frames.shape[:3]
-        self.shape = (1, 3, padded_length(t), h + -h % 8, w + -w % 8)
-
-    def __getitem__(self, index: tuple[slice, ...]) -> torch.Tensor:
-        """``[:, :, frames, rows, cols]`` (slices) as a tensor, equal to slicing the padded clip."""
-        slices = isinstance(index, tuple) and len(index) == 5 and all(isinstance(i, slice) for i in index)
-        if not slices or index[:2] != (slice(None), slice(None)):
-            raise IndexError("PaddedFrames takes [:, :, frames, rows, cols] with slices")
-        picks = [
-            np.arange(n)[i].clip(max=size - 1) for n, i, size in zip(self.shape[2:], index[2:], self.frames.shape)
-        ]
-        return frames_to_tensor(self.frames[np.ix_(*picks)], self.device, self.dtype)
-
-
-def latent_frames(frames: int) -> int:
-    """Latent frames for ``frames`` video frames (after padding to ``1 + 4k``)."""
-    return 1 + (padded_length(frames) - 1) // 4
-
-
-def video_frames(latents: int) -> int:
-    """Video frames decoded from ``latents`` latent frames: ``1 + 4 (n - 1)``."""
-    return 1 + 4 * (latents - 1)
 
 
 class _CVVAEFamily(ModelMixin, ConfigMixin):

@@ -11,9 +11,9 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
-import torch
 
 from .errors import InputError
+from .frames import frames_to_tensor, tensor_to_frames  # noqa: F401 (part of this module's API)
 from .outputs import atomic_path, write_sidecar
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
@@ -268,36 +268,6 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 # ----------------------------------------------------------------------------- tensors
-
-
-def frames_to_tensor(
-    frames: np.ndarray | torch.Tensor, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """uint8 ``[T, H, W, 3]`` -> ``[1, 3, T, H, W]`` in [-1, 1] (float32 unless ``dtype`` says otherwise).
-
-    With ``device`` the uint8 frames are moved first (4x less to transfer than floats).
-    """
-    x = torch.as_tensor(frames)
-    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
-        raise InputError(f"frames must be uint8 [T, H, W, 3], got {x.dtype} {tuple(x.shape)}")
-    x = x.to(device).permute(3, 0, 1, 2).unsqueeze(0)  # [T, H, W, 3] -> [1, 3, T, H, W]
-    return x.to(dtype).div_(127.5).sub_(1.0)
-
-
-def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
-    """``[1, 3, T, H, W]`` or ``[3, T, H, W]`` in [-1, 1] -> uint8 ``[T, H, W, 3]`` (clamped, rounded)."""
-    if x.dim() == 5:
-        if x.shape[0] != 1:
-            raise InputError(f"expected one clip [1, 3, T, H, W], got {tuple(x.shape)}")
-        x = x[0]
-    if x.dim() != 4 or x.shape[0] != 3:
-        raise InputError(f"expected [3, T, H, W] or [1, 3, T, H, W], got {tuple(x.shape)}")
-    x = x.detach()
-    out = np.empty((*x.shape[1:], 3), np.uint8)
-    for s in range(0, x.shape[1], 16):  # 16 frames at a time: one small float copy, however long the clip
-        part = x[:, s : s + 16].float().clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
-        out[s : s + 16] = part.permute(1, 2, 3, 0).cpu().numpy()  # [3, t, H, W] -> [t, H, W, 3]
-    return out
 
 
 # ----------------------------------------------------------------------------- writing

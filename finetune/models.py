@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from cvvae.errors import ModelLoadError
-from cvvae.hub import cache_first, hub_error, looks_local, model_label
+from cvvae.hub import load_model, model_label
 
 from .config import FinetuneConfig, LoraSettings, ModelConfig
 
@@ -26,14 +26,9 @@ def model_ids(cfg: ModelConfig) -> dict:
 
 def load_cvvae(cfg: ModelConfig, device=None, dtype=None):
     """The frozen CV-VAE (``tiny``: the one the ``tiny`` preset uses)."""
-    from cvvae.loading import build_tiny_vae, load_vae
+    from cvvae.loading import load_vae
 
-    if cfg.cvvae == "tiny":
-        vae = build_tiny_vae()
-        torch.nn.Module.to(vae, device=device, dtype=dtype)
-    else:
-        vae = load_vae(cfg.cvvae, subfolder=cfg.cvvae_subfolder, device=device, dtype=dtype)
-    return vae.eval().requires_grad_(False)
+    return load_vae(cfg.cvvae, subfolder=cfg.cvvae_subfolder, device=device, dtype=dtype).requires_grad_(False)
 
 
 def load_encoders(cfg: ModelConfig, device=None, dtype=None) -> dict:
@@ -46,21 +41,14 @@ def load_encoders(cfg: ModelConfig, device=None, dtype=None) -> dict:
     else:
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-        kwargs = dict(revision=cfg.revision)
-        load = cache_first if not looks_local(cfg.base) else (lambda fn, name, **kw: fn(name, **kw))
-        try:
-            enc = {
-                "image_encoder": load(
-                    CLIPVisionModelWithProjection.from_pretrained, cfg.base, subfolder="image_encoder", **kwargs
-                ),
-                "feature_extractor": load(
-                    CLIPImageProcessor.from_pretrained, cfg.base, subfolder="feature_extractor", **kwargs
-                ),
-            }
-        except ModelLoadError:
-            raise
-        except OSError as err:
-            raise hub_error(cfg.base, "image_encoder", err) from err
+        enc = {
+            "image_encoder": load_model(
+                CLIPVisionModelWithProjection.from_pretrained, cfg.base, "image_encoder", revision=cfg.revision
+            ),
+            "feature_extractor": load_model(
+                CLIPImageProcessor.from_pretrained, cfg.base, "feature_extractor", revision=cfg.revision
+            ),
+        }
     kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     enc["image_encoder"] = enc["image_encoder"].to(**kwargs).eval().requires_grad_(False)
     enc["vae"] = load_cvvae(cfg, device, dtype)
@@ -75,15 +63,7 @@ def load_unet(cfg: ModelConfig):
         return tiny_svd_unet(seed=0)
     from diffusers import UNetSpatioTemporalConditionModel
 
-    load = UNetSpatioTemporalConditionModel.from_pretrained
-    try:
-        if looks_local(cfg.base):
-            return load(cfg.base, subfolder="unet", revision=cfg.revision)
-        return cache_first(load, cfg.base, subfolder="unet", revision=cfg.revision)
-    except ModelLoadError:
-        raise
-    except (OSError, ValueError) as err:
-        raise hub_error(cfg.base, "unet", err) from err
+    return load_model(UNetSpatioTemporalConditionModel.from_pretrained, cfg.base, "unet", revision=cfg.revision)
 
 
 def lora_config(settings: LoraSettings):

@@ -42,10 +42,11 @@ class PipelineBundle:
     def cvvae(self, variant: str = "sd21"):
         """The CV-VAE of ``variant`` (``sd21``: 4 latent channels, for SD 1.5/2.1 and SVD; ``sd3``), loaded once."""
         if variant not in self._vaes:
-            from .presets import load_cvvae
+            from ..loading import load_vae
 
             t0 = time.perf_counter()
-            self._vaes[variant] = load_cvvae(self.components["cvvae"], self.cvvae_subfolder, self.dtype, variant)
+            name, dtype = self.components["cvvae"], None if self.dtype == torch.float32 else self.dtype
+            self._vaes[variant] = load_vae(name, self.cvvae_subfolder, dtype=dtype, variant=variant)
             self.load_seconds["cvvae" if variant == "sd21" else f"cvvae_{variant}"] = time.perf_counter() - t0
         return self._vaes[variant]
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError, ModelLoadError
-from ..hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, SD3_SUBFOLDER, cache_first, hub_error, looks_local
-from ..loading import load_vae
+from ..hub import CVVAE_HUB_ID, cache_first, hub_error, looks_local
 from .defaults import ANIMATEDIFF, SD3, SVD, SVD_XT, TINY_IMAGE, TINY_TEXT, TINY_VIDEO, Defaults
 
 COMPONENT_KEYS = ("cvvae", "svd", "sd21", "sd15", "motion_adapter", "sd3")
@@ -120,27 +119,6 @@ def check_tokenizer(tokenizer, name: str) -> None:
             f"the tokenizer of {name} is empty (its vocabulary files are missing, e.g. offline without a cache); "
             "download the model once with network access or pass a complete local folder"
         )
-
-
-def load_cvvae(name: str, subfolder: str | None, dtype: torch.dtype, variant: str = "sd21"):
-    """CV-VAE from the hub (a released ``subfolder``), a local folder (with or without it) or ``tiny``.
-
-    ``variant`` ``sd3`` loads the SD3-compatible model (subfolder ``vae3d_sd3`` of the release).
-    """
-    dtype = None if dtype == torch.float32 else dtype  # built/saved in fp32: no cast needed
-    if name == "tiny":
-        from ..loading import build_tiny_vae
-
-        vae = build_tiny_vae(variant=variant)
-        return vae.to(dtype=dtype) if dtype else vae
-    allowed = (SD3_SUBFOLDER,) if variant == "sd3" else CVVAE_SUBFOLDERS
-    if variant == "sd3" and subfolder in CVVAE_SUBFOLDERS:
-        subfolder = SD3_SUBFOLDER  # the release's SD3 model lives beside the SD 2.1 ones
-    if subfolder not in (None, *allowed):
-        raise InputError(f"cvvae subfolder must be one of {', '.join(allowed)}, got {subfolder!r}")
-    if looks_local(name) and not (Path(name) / (subfolder or "") / "config.json").is_file():
-        subfolder = None  # a folder that is the model itself
-    return load_vae(name, subfolder=subfolder, dtype=dtype)
 
 
 def _cast(pipe, name: str, dtype: torch.dtype):
