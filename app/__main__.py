@@ -72,7 +72,7 @@ def weights_reachable(preset: str = "svd-xt") -> bool:
 
     from cvvae.pipelines.presets import PRESETS
 
-    parts = PRESETS[preset].components
+    parts = PRESETS[preset].all_components()
     wanted = [(parts["svd"], "model_index.json"), (parts["cvvae"], f"{DEFAULT_SUBFOLDER}/config.json")]
     return all(Path(repo).is_dir() or isinstance(try_to_load_from_cache(repo, name), str) for repo, name in wanted)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from cvvae import video_frames
 from cvvae.errors import InputError, UserError
 from cvvae.hub import CVVAE_HUB_ID, DEFAULT_SUBFOLDER, SD3_SUBFOLDER, model_label
 from cvvae.loading import RANDOM_WEIGHTS_NOTICE
@@ -135,8 +134,10 @@ def as_number(name: str, value, kind=int):
 
 def frames_label(num_latent_frames: int | float, fps: int | float, vae: str = "cvvae") -> str:
     """Live label: how many video frames and seconds a number of latent frames gives."""
+    from cvvae.pipelines.decoding import planned_frames
+
     n = int(num_latent_frames)
-    frames = video_frames(n) if vae == "cvvae" else n
+    frames = planned_frames(n, vae)
     seconds = frames / float(fps) if fps else 0.0
     return f"{n} latent frames -> **{frames} video frames** ({seconds:.1f} s at {float(fps):g} fps)"
 
@@ -234,12 +235,12 @@ class Handlers:
     def _generate(self, settings_kwargs: dict, kind: str, progress, request=None) -> tuple[str, list[str], dict]:
         """Validate, check the budget, run ``cvvae.pipelines.api.generate`` and return (video, files, meta)."""
         from cvvae.pipelines import api
+        from cvvae.pipelines.decoding import planned_frames
 
         with user_errors("generation", upload=settings_kwargs.get("image")):
             settings = api.GenerationSettings(**settings_kwargs).validate()
             full = settings.resolved(api.PRESETS[self.config.preset])
-            frames = video_frames(full.num_latent_frames) if full.vae == "cvvae" else full.num_latent_frames
-            self.check_budget(frames, full.height, full.width)
+            self.check_budget(planned_frames(full.num_latent_frames, full.vae), full.height, full.width)
             out = self.output_path(kind, settings.seed, api.output_suffix(settings.mode))
             progress(0, desc="loading models (first run only)")
             callback = self._step_callback(_session(request))
@@ -401,7 +402,7 @@ class Handlers:
         if variant == "sd3":
             from cvvae.pipelines.presets import get_preset
 
-            name = self.config.components.get("cvvae") or get_preset(self.config.preset).components["cvvae"]
+            name = self.config.components.get("cvvae") or get_preset(self.config.preset).all_components()["cvvae"]
             return name, (SD3_SUBFOLDER if name == CVVAE_HUB_ID else None)
         name = self.config.cvvae or self.config.components.get("cvvae")
         if name:

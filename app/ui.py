@@ -36,7 +36,6 @@ TILING = [  # labels of the choices cvvae.tiling.tiling_changes understands (TIL
     ("8 frames per window", "8"),
     ("8 frames, 256 px tiles (least memory)", "8/256"),
 ]
-T2V_BACKBONES = [("AnimateDiff", "animatediff"), ("SD 2.1 image -> SVD video", "sd21")]
 SETTING_DEFAULTS = GenerationSettings()  # motion bucket, guidance, noise augmentation
 INTRO = (
     "# CV-VAE video generation\n"
@@ -55,6 +54,8 @@ class UIDefaults:
     fps: float
     size: str  # what "preset default" means, shown in the resolution menu
     t2v_backbone: str
+    t2v_backbones: list[tuple[str, str]]  # (label, name) of every text -> video backbone
+    t2v_guidance: float
     t2v_num_latent_frames: int
     t2v_fps: float
     t2v_size: str
@@ -69,16 +70,19 @@ class UIDefaults:
 
 def preset_defaults(preset: str) -> UIDefaults:
     """Read step, frame and size defaults from ``cvvae.pipelines.api.PRESETS``."""
-    from cvvae.pipelines.api import PRESETS
+    from cvvae.pipelines.backbones import BACKBONES, backbones_for
+    from cvvae.pipelines.presets import get_preset
 
-    p = PRESETS[preset]
-    svd, t2v, sd3 = p.defaults("svd"), p.defaults(p.t2v_backbone), p.defaults("sd3")
+    p = get_preset(preset)
+    svd, t2v, sd3 = (p.defaults(p.backbone(mode)) for mode in ("i2v", "t2v", "t2i"))
     return UIDefaults(
         steps=svd.steps,
         num_latent_frames=svd.num_latent_frames,
         fps=svd.fps,
         size=f"{svd.width}x{svd.height}",
         t2v_backbone=p.t2v_backbone,
+        t2v_backbones=[(BACKBONES[name].label, name) for name in backbones_for("t2v")],
+        t2v_guidance=t2v.guidance,
         t2v_num_latent_frames=t2v.num_latent_frames,
         t2v_fps=t2v.fps,
         t2v_size=f"{t2v.width}x{t2v.height}",
@@ -214,12 +218,12 @@ def _t2v_tab(h: Handlers, d: UIDefaults):
         with gr.Column():
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red fox running through snow, cinematic")
             negative = gr.Textbox(label="Negative prompt", value="blurry, low quality, watermark")
-            backbone = gr.Radio(T2V_BACKBONES, value=d.t2v_backbone, label="Backbone")
+            backbone = gr.Radio(d.t2v_backbones, value=d.t2v_backbone, label="Backbone")
             seed = _seed_control()
             steps = slider("steps", d.steps, "Denoising steps")
             n, fps = _frames_controls(d.t2v_num_latent_frames, d.t2v_fps)
             with gr.Accordion("More settings", open=False):
-                guidance = slider("guidance", SETTING_DEFAULTS.guidance, "Guidance scale")
+                guidance = slider("guidance", d.t2v_guidance, "Guidance scale")
                 res = gr.Dropdown(d.resolutions(d.t2v_size), value=DEFAULT_SIZE, label="Resolution (width x height)")
                 tiling = gr.Dropdown(TILING, value="default", label="Decode tiling (less memory)")
             run, stop = _run_buttons("t2v")

@@ -1,13 +1,13 @@
 """Library functions shared by the CLI, the app and batch jobs: reconstruct, encode, decode files.
 
-Every function that takes ``vae`` accepts a ``CVVAEModel`` or a zero-argument callable returning
-one; a callable is only called after the input has been read, so bad input fails before weights
-are loaded.
+Every function that takes ``vae`` accepts a :class:`~cvvae.vaes.VideoVAE`, a model that
+:func:`~cvvae.vaes.as_video_vae` wraps (a CV-VAE, SD's image VAE, a diffusers video VAE), or a
+zero-argument callable returning one; a callable is only called after the input has been read, so bad
+input fails before weights are loaded. ``tiling`` applies to CV-VAEs (changes to the model's tiling).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -21,32 +21,29 @@ from . import metrics
 from . import video as vio
 from .devices import dtype_name
 from .errors import InputError
-from .model import CVVAEModel, TilingLike, video_frames
 from .outputs import atomic_path, check_output_path, sidecar_path
+from .vaes import CVVAE, VideoVAE, as_video_vae
 
 LATENTS_KEY = "latents"
 LATENTS_FORMAT = "cvvae-latents-v1"
-VaeLike = CVVAEModel | Callable[[], CVVAEModel]
+VaeLike = VideoVAE | torch.nn.Module | Callable[[], VideoVAE | torch.nn.Module]
 
 
-def _resolve(vae: VaeLike) -> CVVAEModel:
-    return vae if isinstance(vae, torch.nn.Module) else vae()
-
-
-def _place(vae: CVVAEModel) -> tuple[torch.device, torch.dtype]:
-    param = next(vae.parameters())
-    return param.device, param.dtype
+def video_vae(vae: VaeLike, tiling=None, name: str | None = None) -> VideoVAE:
+    """``vae`` (loaded now if it is a callable) as a :class:`VideoVAE`; ``tiling`` changes a CV-VAE's tiling."""
+    if not isinstance(vae, (VideoVAE, torch.nn.Module)):
+        vae = vae()
+    v = as_video_vae(vae, name)
+    if tiling is not None and isinstance(v, CVVAE):
+        v = CVVAE(v.module, v.name, tiling, v.random_weights)
+    return v
 
 
 @torch.inference_mode()
-def reconstruct(
-    vae: CVVAEModel, frames: np.ndarray, sample: bool = False, generator=None, tiling: TilingLike = None
-) -> np.ndarray:
+def reconstruct(vae: VaeLike, frames: np.ndarray, sample: bool = False, generator=None, tiling=None) -> np.ndarray:
     """Encode and decode uint8 ``[T, H, W, 3]`` frames; returns the same shape (any T, H, W), equal to
-    ``vae(x)``. With tiling, the clip is held only as 8-bit frames, in and out."""
-    posterior = vae.encode_frames(frames, tiling)
-    z = posterior.sample(generator) if sample else posterior.mode()
-    return vae.decode_frames(z, frames.shape[:3], tiling)
+    ``vae(x)`` for a CV-VAE. A tiled CV-VAE holds the clip only as 8-bit frames, in and out."""
+    return video_vae(vae, tiling).reconstruct(frames, sample, generator)
 
 
 def reconstruct_file(
@@ -63,7 +60,7 @@ def reconstruct_file(
     sample: bool = False,
     seed: int = 0,
     model_id: str = "unknown",
-    tiling: TilingLike = None,
+    tiling=None,
     overwrite: bool = False,
 ) -> dict:
     """Reconstruct a video file into an H.264 mp4 (+ JSON sidecar), both written atomically.
@@ -75,10 +72,10 @@ def reconstruct_file(
     """
     out = check_output_path(out_path, ".mp4", in_path, overwrite=overwrite)
     frames, fps = vio.read_video(in_path, start, num_frames, stride, size, resize)
-    vae = _resolve(vae)
-    generator = torch.Generator(device=_place(vae)[0]).manual_seed(seed) if sample else None
+    vae = video_vae(vae, tiling, model_id)
+    generator = torch.Generator(device=vae.device).manual_seed(seed) if sample else None
     t0 = time.perf_counter()
-    rec = reconstruct(vae, frames, sample=sample, generator=generator, tiling=tiling)
+    rec = vae.reconstruct(frames, sample=sample, generator=generator)
     seconds = time.perf_counter() - t0
     result = {
         "frames": int(len(rec)),
@@ -100,8 +97,9 @@ def reconstruct_file(
         "sample_posterior": sample,
         "seed": seed if sample else None,
         "side_by_side": side_by_side,
-        "tiling": dataclasses.asdict(vae._tiling(tiling)),
-        "dtype": dtype_name(_place(vae)[1]),
+        "tiling": vae.describe().get("tiling"),
+        "vae": vae.describe(),
+        "dtype": dtype_name(vae.dtype),
         **result,
     }
     written = rec if not side_by_side else vio.side_by_side(frames, rec)
@@ -123,7 +121,7 @@ def encode_file(
     sample: bool = False,
     seed: int = 0,
     model_id: str = "unknown",
-    tiling: TilingLike = None,
+    tiling=None,
     overwrite: bool = False,
 ) -> dict:
     """Encode a video file to raw latents ``[1, 4, n, h, w]`` in a ``.safetensors`` file.
@@ -135,12 +133,10 @@ def encode_file(
 
     out = check_output_path(latents_path, ".safetensors", in_path, overwrite=overwrite)
     frames, fps = vio.read_video(in_path, start, num_frames, stride, size, resize)
-    vae = _resolve(vae)
-    device = _place(vae)[0]
+    vae = video_vae(vae, tiling, model_id)
     t0 = time.perf_counter()
-    posterior = vae.encode_frames(frames, tiling)
-    generator = torch.Generator(device=device).manual_seed(seed) if sample else None
-    z = (posterior.sample(generator) if sample else posterior.mode()).float().cpu().contiguous()
+    generator = torch.Generator(device=vae.device).manual_seed(seed) if sample else None
+    z = vae.encode_frames(frames, sample, generator).float().cpu().contiguous()
     seconds = time.perf_counter() - t0
     meta = {
         "format": LATENTS_FORMAT,
@@ -149,7 +145,7 @@ def encode_file(
         "height": str(frames.shape[1]),
         "width": str(frames.shape[2]),
         "model": model_id,
-        "variant": type(vae).__name__,  # CVVAEModel (4 latent channels) or CVVAESD3Model (16)
+        "variant": type(vae.module).__name__,  # CVVAEModel (4 latent channels), CVVAESD3Model (16), ...
         "source": str(in_path),
         "sample_posterior": json.dumps(sample),
     }
@@ -211,14 +207,14 @@ def decode_file(
     vae: VaeLike,
     *,
     model_id: str = "unknown",
-    tiling: TilingLike = None,
+    tiling=None,
     overwrite: bool = False,
 ) -> dict:
     """Decode latents from ``encode_file`` to an mp4 (+ sidecar), trimmed to the original frames and size."""
     out = check_output_path(out_path, ".mp4", latents_path, overwrite=overwrite)
     z, meta = load_latents(latents_path)
-    vae = _resolve(vae)
-    variant = type(vae).__name__
+    vae = video_vae(vae, tiling, model_id)
+    variant = type(vae.module).__name__
     if meta["variant"] and meta["variant"] != variant:
         raise InputError(
             f"{latents_path} holds {meta['variant']} latents, and {model_id} is a {variant}: "
@@ -228,14 +224,14 @@ def decode_file(
         raise InputError(
             f"latents have {z.shape[1]} channels but {model_id} ({variant}) expects {vae.latent_channels}"
         )
-    device, dtype = _place(vae)
     t0 = time.perf_counter()
     n, h, w = z.shape[2:]
-    full = (video_frames(n), 8 * h, 8 * w)  # what the latents decode to; trimmed to the source's size
+    s = vae.spatial_factor
+    full = (vae.video_frames(n), s * h, s * w)  # what the latents decode to; trimmed to the source's size
     size = tuple(
         min(kept or whole, whole) for kept, whole in zip((meta["frames"], meta["height"], meta["width"]), full)
     )
-    frames = vae.decode_frames(z.to(device=device, dtype=dtype), size, tiling)
+    frames = vae.decode_frames(z, size)
     seconds = time.perf_counter() - t0
     result = {
         "frames": int(len(frames)),

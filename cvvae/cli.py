@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 from .errors import InputError, UserError
 from .hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, DEFAULT_SUBFOLDER, default_subfolder, model_label
-from .tiling import NORM_MODES
 
 # ----------------------------------------------------------------------------- options
 
@@ -83,10 +82,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--tile-overlap", type=float, default=None, help="fraction of a tile shared with its neighbour")
     t.add_argument(
         "--tile-norm",
-        choices=NORM_MODES,
         default=None,
+        metavar="MODE",
         help="GroupNorm statistics: pooled over the clip in passes (default), exact for the whole clip "
-        "(closest, memory grows with the clip) or per tile (the release's)",
+        "(closest, memory grows with the clip) or tile (per tile, the release's)",
     )
     t.add_argument("--no-tiling", action="store_true", help="process the clip whole (fastest, most memory)")
 
@@ -246,6 +245,7 @@ DEFAULT_PRESET = {"i2v": "svd-xt", "t2v": "animatediff", "t2i": "sd3"}
 
 
 def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
+    from .pipelines.defaults import VAE_CHOICES
     from .pipelines.presets import PRESETS
 
     kind = ".png" if mode == "t2i" else ".mp4"
@@ -271,7 +271,7 @@ def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--height", type=int, default=None, help="multiple of 64 (preset default)")
     p.add_argument("--width", type=int, default=None, help="multiple of 64 (preset default)")
     p.add_argument("--adapter", default=None, help="fine-tuned SVD UNet adapter folder (adapter.json + .safetensors)")
-    p.add_argument("--vae", choices=("cvvae", "native"), default="cvvae", help="native: the backbone's own VAE")
+    p.add_argument("--vae", choices=VAE_CHOICES, default="cvvae", help="native: the backbone's own VAE")
     p.add_argument(
         "--decode-tiling",
         default="default",
@@ -286,7 +286,7 @@ def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """Where generation runs and which models it loads: shared by ``generate``, batch jobs and the web demo."""
-    from .pipelines.presets import COMPONENT_KEYS
+    from .pipelines.backbones import component_keys
 
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--cpu-offload", action="store_true", help="keep each model on the CPU until it runs (small GPUs)")
@@ -296,11 +296,13 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help=f"replace a model by a local folder or hub id ({', '.join(COMPONENT_KEYS)}); repeatable",
+        help=f"replace a model by a local folder or hub id ({', '.join(component_keys())}); repeatable",
     )
 
 
 def _add_generate_parser(subparsers) -> None:
+    from .pipelines.backbones import backbones_for
+
     gen = subparsers.add_parser("generate", help="generate video in CV-VAE latent space (SVD, AnimateDiff, SD 2.1)")
     sub = gen.add_subparsers(dest="generate_mode", required=True, parser_class=Parser)
     i2v = sub.add_parser("i2v", help="image -> video with SVD; n latents -> 1 + 4(n-1) frames")
@@ -310,7 +312,7 @@ def _add_generate_parser(subparsers) -> None:
     t2v.add_argument("--prompt", required=True)
     t2v.add_argument("--negative-prompt", default="")
     t2v.add_argument(
-        "--t2v-backbone", choices=("animatediff", "sd21"), default=None, help="default: the preset's (animatediff)"
+        "--t2v-backbone", choices=backbones_for("t2v"), default=None, help="default: the preset's (animatediff)"
     )
     _add_generate_options(t2v, "t2v")
     t2i = sub.add_parser("t2i", help="text -> image with SD3, decoded by the SD3-compatible CV-VAE (.png)")
@@ -357,8 +359,10 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     m = result.metadata
     size = f"{m['width']}x{m['height']}"
-    frames = f"{result.frames} frames from {m['latent_frames']} latents, {size} at {result.fps:g} fps"
-    what = f"an image, {size}" if args.mode == "t2i" else frames
+    if result.fps is None:
+        what = f"an image, {size}"
+    else:
+        what = f"{result.frames} frames from {m['latent_frames']} latents, {size} at {result.fps:g} fps"
     print(
         f"wrote {result.video_path} ({what}, {m['backbone']} + {m['settings']['vae']} VAE) "
         f"and {result.sidecar_path} in {result.seconds:.1f} s"

@@ -60,6 +60,7 @@ class _CVVAEFamily(ModelMixin, ConfigMixin):
 
     config_name = "config.json"
     _supports_gradient_checkpointing = True
+    temporal_factor, spatial_factor = 4, 8  # video frames per latent frame, pixels per latent pixel (both variants)
     latent_channels: int
     video_channels: int = 3
 

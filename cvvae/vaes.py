@@ -72,6 +72,11 @@ class VideoVAE:
     def dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype
 
+    def place(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in this VAE's dtype, moved to its device only from the CPU (under CPU offload the inputs are
+        already on the execution device, where the offload hook brings the model)."""
+        return x.to(device=self.device if x.device.type == "cpu" else x.device, dtype=self.dtype)
+
     def to(self, device=None, dtype=None) -> VideoVAE:
         torch.nn.Module.to(self.module, device=device, dtype=dtype)
         return self
@@ -130,7 +135,7 @@ class VideoVAE:
     @torch.inference_mode()
     def decode_frames(self, z: torch.Tensor, size: tuple[int, int, int] | None = None) -> np.ndarray:
         """Raw latents ``[1, C, n, h, w]`` -> uint8 ``[T, H, W, 3]``, trimmed to ``size`` (T, H, W)."""
-        x = self.decode(z.to(device=self.device, dtype=self.dtype))
+        x = self.decode(self.place(z))
         t, h, w = size or x.shape[2:]
         return tensor_to_frames(x[:, :, :t, :h, :w])
 
@@ -164,11 +169,11 @@ class CVVAE(VideoVAE):
         self.scaling = LatentScaling.of(model)
 
     def encode(self, x, sample=False, generator=None):
-        dist = self.module.encode(x.to(device=self.device, dtype=self.dtype), tiling=self.tiling).latent_dist
+        dist = self.module.encode(self.place(x), tiling=self.tiling).latent_dist
         return _mode_or_sample(dist, sample, generator)
 
     def decode(self, z):
-        return self.module.decode(z.to(device=self.device, dtype=self.dtype), tiling=self.tiling).sample
+        return self.module.decode(self.place(z), tiling=self.tiling).sample
 
     @torch.inference_mode()
     def encode_frames(self, frames, sample=False, generator=None):
@@ -176,7 +181,7 @@ class CVVAE(VideoVAE):
 
     @torch.inference_mode()
     def decode_frames(self, z, size=None):
-        return self.module.decode_frames(z.to(device=self.device, dtype=self.dtype), size, self.tiling)
+        return self.module.decode_frames(self.place(z), size, self.tiling)
 
     def describe(self) -> dict:
         return {**super().describe(), "tiling": dataclasses.asdict(self.tiling_settings())}
@@ -194,9 +199,10 @@ class ImageVAEFrames(VideoVAE):
 
     temporal_factor = 1
 
-    def __init__(self, model, name: str = "image-vae", frames_per_batch: int = 8, random_weights: bool = False):
+    frames_per_batch: int | None = 8  # None: the whole clip at once
+
+    def __init__(self, model, name: str = "image-vae", random_weights: bool = False):
         self.module, self.name, self.random_weights = model, name, random_weights
-        self.frames_per_batch = frames_per_batch
         self.spatial_factor = 2 ** (len(model.config.block_out_channels) - 1)
         self.latent_channels = int(model.config.latent_channels)
         self.scaling = LatentScaling.of(model.config)
@@ -204,15 +210,15 @@ class ImageVAEFrames(VideoVAE):
     def _per_frame(self, x: torch.Tensor, fn) -> torch.Tensor:
         """``fn`` over the frames of ``[1, C, T, H, W]``, a batch of frames at a time."""
         frames = x[0].transpose(0, 1)  # [C, T, H, W] -> [T, C, H, W]
-        out = torch.cat([fn(part) for part in frames.split(self.frames_per_batch)])
+        out = torch.cat([fn(part) for part in frames.split(self.frames_per_batch or len(frames))])
         return out.transpose(0, 1).unsqueeze(0)  # [T, C', H', W'] -> [1, C', T, H', W']
 
     def encode(self, x, sample=False, generator=None):
-        x = self.pad(x.to(device=self.device, dtype=self.dtype))
+        x = self.pad(self.place(x))
         return self._per_frame(x, lambda f: _mode_or_sample(self.module.encode(f).latent_dist, sample, generator))
 
     def decode(self, z):
-        return self._per_frame(z.to(device=self.device, dtype=self.dtype), self._decode_images)
+        return self._per_frame(self.place(z), self._decode_images)
 
     def _decode_images(self, z: torch.Tensor) -> torch.Tensor:
         return self.module.decode(z).sample
@@ -220,7 +226,9 @@ class ImageVAEFrames(VideoVAE):
 
 class SVDTemporalDecoder(ImageVAEFrames):
     """SVD's own VAE (``AutoencoderKLTemporalDecoder``): frame-by-frame encoder, a decoder that sees
-    ``frames_per_batch`` frames together (SVD decodes its 14 or 25 frames in chunks the same way)."""
+    ``frames_per_batch`` frames together (default: the whole clip, as SVD's pipeline decodes by default)."""
+
+    frames_per_batch = None
 
     def _decode_images(self, z):
         return self.module.decode(z, num_frames=len(z)).sample
@@ -289,11 +297,11 @@ class DiffusersVideoVAE(VideoVAE):
             model.disable_tiling()
 
     def encode(self, x, sample=False, generator=None):
-        x = self.pad(x.to(device=self.device, dtype=self.dtype))
+        x = self.pad(self.place(x))
         return _mode_or_sample(self.module.encode(x).latent_dist, sample, generator)
 
     def decode(self, z):
-        return self.module.decode(z.to(device=self.device, dtype=self.dtype)).sample
+        return self.module.decode(self.place(z)).sample
 
 
 # ----------------------------------------------------------------------------- the one loader

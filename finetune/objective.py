@@ -76,7 +76,7 @@ def edm_loss(
     cond, embeds = cond * keep.view(b, 1, 1, 1), embeds * keep.view(b, 1, 1)  # CFG: zeros = unconditional
     cond = cond.unsqueeze(1).expand(-1, latents.shape[1], -1, -1, -1)  # [B, C, h, w] -> [B, n, C, h, w]
 
-    fps = torch.tensor([conditioning.fps_id(float(f)) for f in batch["fps"]])
+    fps = torch.tensor([conditioning.fps_id(float(f), vae.config.time_n_compress) for f in batch["fps"]])
     ids = conditioning.time_ids(fps, cfg.motion_bucket_id, aug.cpu()).to(device)  # [B, 3]
     inp = torch.cat([pre["c_in"] * noisy, cond.to(noisy.dtype)], dim=2)  # [B, n, 2C, h, w]
     pred = unet(inp, pre["c_noise"].flatten(), encoder_hidden_states=embeds, added_time_ids=ids).sample

@@ -122,7 +122,9 @@ def test_training_conditioning_equals_generation(cache):
     torch.testing.assert_close(item["image_embeds"][None], seen["embeds"], atol=1e-5, rtol=1e-4)
     from cvvae.pipelines.conditioning import fps_id, time_ids
 
-    torch.testing.assert_close(time_ids(fps_id(24.0), 127, torch.tensor([strength])), seen["ids"].float())
+    torch.testing.assert_close(
+        time_ids(fps_id(24.0, pipe.vae.config.time_n_compress), 127, torch.tensor([strength])), seen["ids"].float()
+    )
     # latent noise of the old objective is not what inference does: pixel noise moves the latent differently
     assert (train_cond - conditioning_latent(pipe.vae, item["cond_pixels"][None], 0.0, noise)).abs().max() > 1e-3
 

@@ -106,19 +106,20 @@ def test_svd_frames_scaling_and_fps(svd, image):
 
 
 def test_fps_rule():
-    assert fps_id(28) == 6  # SVD's default id (7 fps - 1) for 4x the frames
-    assert fps_id(24) == 5 and fps_id(6) == 0.5 and fps_id(10) == 1.5  # the real rate, no rounding
-    assert fps_id(2) == 0  # floored at 0
+    assert fps_id(28, 4) == 6  # SVD's default id (7 fps - 1) for 4x the frames
+    assert fps_id(24, 4) == 5 and fps_id(6, 4) == 0.5 and fps_id(10, 4) == 1.5  # the real rate, no rounding
+    assert fps_id(2, 4) == 0  # floored at 0
+    assert fps_id(7, 1) == 6  # one frame per latent: SVD's own rule
     for bad in (0, -3, float("nan")):
         with pytest.raises(InputError):
-            fps_id(bad)
+            fps_id(bad, 4)
 
 
 def test_presets_default_to_svds_own_fps_id():
     from cvvae.pipelines.presets import PRESETS
 
     for name in ("svd-xt", "svd", "sd21"):
-        assert fps_id(PRESETS[name].defaults("svd").fps) == 6
+        assert fps_id(PRESETS[name].defaults("svd").fps, 4) == 6
 
 
 def test_svd_seed_and_native_vae(svd, image):
@@ -130,7 +131,7 @@ def test_svd_seed_and_native_vae(svd, image):
     native = svd(image, num_latent_frames=2, fps=28, output_type="np", vae="native", generator=_gen(1), **RUN)
     assert native.frames.shape == (1, 2, 64, 64, 3) and native.fps == 7
     with Recorder(svd.native_vae, "decode") as dec:  # windows of 4 frames: 4 latents (one frame each) at a time
-        svd.decode_video(torch.zeros(1, 5, 4, 8, 8), vae="native", tiling="4")  # [B, n, C, h, w]
+        svd.decode_video(torch.zeros(1, 5, 4, 8, 8), vae="native", tiling={"frames_per_window": 4})  # [B, n, C, h, w]
         svd.decode_video(torch.zeros(1, 5, 4, 8, 8), vae="native")
     assert [c[1]["num_frames"] for c in dec.calls] == [4, 1, 5]
 

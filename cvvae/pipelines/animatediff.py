@@ -14,7 +14,7 @@ from diffusers import AnimateDiffPipeline
 from diffusers.video_processor import VideoProcessor
 
 from ..errors import InputError
-from .decoding import CVVAEDecodingMixin, CVVAEVideoOutput, check_frames_and_size, check_output_choices, output_fps
+from .decoding import CVVAEDecodingMixin, CVVAEVideoOutput, check_frames_and_size, check_output_choices
 
 
 def check_prompt(prompt) -> str:
@@ -72,7 +72,7 @@ class CVVAEAnimateDiffPipeline(CVVAEDecodingMixin, AnimateDiffPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         vae: str = "cvvae",
-        decode_tiling: str | None = None,
+        decode_tiling: dict | None = None,
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_dict: bool = True,
@@ -80,7 +80,7 @@ class CVVAEAnimateDiffPipeline(CVVAEDecodingMixin, AnimateDiffPipeline):
         """Generate ``1 + 4 (n - 1)`` frames (``n`` with ``vae="native"``) from a prompt.
 
         Steps: 1. check inputs, 2. AnimateDiff's own sampling in latent space, 3. decode with the
-        chosen VAE (``decode_tiling``: a tiling choice for this call, see ``cvvae.tiling``).
+        chosen VAE (``decode_tiling``: changes to its tiling for this call, ``cvvae.tiling.tiling_changes``).
         """
         check_prompt(prompt)  # 1
         check_frames_and_size(num_latent_frames, height, width)
@@ -101,5 +101,5 @@ class CVVAEAnimateDiffPipeline(CVVAEDecodingMixin, AnimateDiffPipeline):
             return_dict=False,
         )[0]
         frames = self.finish(denoised, output_type, vae, decode_tiling)  # 3
-        out = CVVAEVideoOutput(frames=frames, fps=output_fps(fps, vae))
+        out = CVVAEVideoOutput(frames=frames, fps=self.frame_rate(fps, vae))
         return out if return_dict else (frames,)

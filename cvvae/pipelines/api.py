@@ -15,7 +15,8 @@ from ..errors import InputError
 from ..hub import DEFAULT_SUBFOLDER, SD3_SUBFOLDER
 from ..loading import RANDOM_WEIGHTS_NOTICE
 from ..outputs import check_output_path
-from .presets import BACKBONES, PRESETS, Preset, get_preset, parse_components
+from .backbones import get_backbone
+from .presets import PRESETS, Preset, get_preset, parse_components
 from .settings import GenerationSettings
 
 __all__ = ["PRESETS", "GenerationResult", "GenerationSettings", "PipelineBundle", "generate", "get_pipelines"]
@@ -31,7 +32,7 @@ class PipelineBundle:
         self, preset: Preset, device: str, dtype: torch.dtype, cpu_offload: bool, components: dict, subfolder
     ):
         self.preset, self.device, self.dtype, self.cpu_offload = preset, device, dtype, cpu_offload
-        self.components = {**preset.components, **components}
+        self.components = {**preset.all_components(), **components}
         self.cvvae_subfolder = subfolder
         self.lock = threading.RLock()
         self.load_seconds: dict[str, float] = {}
@@ -62,25 +63,15 @@ class PipelineBundle:
         return pipe
 
     def pipeline(self, backbone: str):
-        """The pipeline for ``backbone`` (``svd``, ``animatediff`` or ``sd21``), loading it once."""
-        from . import presets
-
-        if backbone not in BACKBONES:
-            raise InputError(f"unknown backbone {backbone!r}")
+        """The pipeline of a registered backbone (``cvvae.pipelines.backbones``), built once."""
+        record = get_backbone(backbone)
         with self.lock:
             if backbone not in self._pipes:
-                if backbone == "sd21":  # shares the SVD pipeline's modules
-                    video = self.pipeline("svd")
-                    t0 = time.perf_counter()
-                    t2v = self._place(presets.build_sd21(self.components, video, self.dtype))
-                else:
-                    vae = self.cvvae("sd3" if backbone == "sd3" else "sd21")
-                    t0 = time.perf_counter()
-                    builders = {"svd": presets.build_svd, "animatediff": presets.build_animatediff}
-                    build = builders.get(backbone, presets.build_sd3)
-                    t2v = self._place(build(self.components, vae, self.dtype))
+                self.cvvae(record.vae_variant)  # loaded (and timed) on its own
+                t0 = time.perf_counter()
+                pipe = record.build(self)
                 self.load_seconds[backbone] = time.perf_counter() - t0
-                self._pipes[backbone] = t2v
+                self._pipes[backbone] = self._place(pipe)
             return self._pipes[backbone]
 
     def set_adapter(self, folder: str | None) -> dict | None:
@@ -163,59 +154,35 @@ def load_conditioning_image(path: str, height: int, width: int):
     return Image.fromarray(resize_frame(image, (height, width), "crop"))
 
 
-def _call_kwargs(s: GenerationSettings, backbone: str, generator, callback) -> dict:
-    """The pipeline arguments for ``backbone`` from resolved settings."""
-    text = dict(prompt=s.prompt, negative_prompt=s.negative_prompt, guidance_scale=s.guidance)
-    if backbone == "sd3":  # text -> image
-        image = dict(height=s.height, width=s.width, num_inference_steps=s.steps, generator=generator, vae=s.vae)
-        return {**text, **image, "output_type": "np", "callback_on_step_end": callback}
-    common = dict(
-        num_latent_frames=s.num_latent_frames,
-        height=s.height,
-        width=s.width,
-        num_inference_steps=s.steps,
-        fps=s.fps,
-        generator=generator,
-        output_type="np",
-        vae=s.vae,
-        decode_tiling=s.decode_tiling,
-    )
-    svd = dict(
-        conditioning_fps=s.conditioning_fps,
-        motion_bucket_id=s.motion_bucket_id,
-        noise_aug_strength=s.noise_aug_strength,
-        min_guidance_scale=s.min_guidance,
-        max_guidance_scale=s.max_guidance,
-        callback_on_step_end=callback,
-    )
-    if backbone == "svd":
-        return {**common, **svd}
-    if backbone == "animatediff":
-        return {**common, **text, "callback_on_step_end": callback}
-    return {**common, **svd, **text}  # sd21: text -> image -> SVD
-
-
 def _run(bundle: PipelineBundle, s: GenerationSettings, backbone: str, image, progress: bool, callback):
-    """Run the pipeline under the bundle's lock; returns (frames uint8 [T, H, W, 3], output, info, timings)."""
+    """Denoise and decode under the bundle's lock; returns (frames uint8 [T, H, W, 3], output, adapter, seconds).
+
+    The pipeline stops at its latents; the decoding VAE turns them into 8-bit frames window by window
+    (never a full-size floating-point copy of the clip on the host).
+    """
+    record = get_backbone(backbone)
     with bundle.lock:
-        if s.adapter and backbone in ("animatediff", "sd3"):
-            raise InputError("adapters fine-tune the SVD UNet: use them with i2v or with t2v_backbone sd21")
-        adapter = bundle.set_adapter(s.adapter) if backbone in ("svd", "sd21") else None
+        if s.adapter and not record.adapters:
+            raise InputError(f"adapters fine-tune the SVD UNet, which {backbone} does not use")
+        adapter = bundle.set_adapter(s.adapter) if record.adapters else None
         pipe = bundle.pipeline(backbone)
         pipe.set_progress_bar_config(disable=not progress, desc=f"denoising ({backbone})")
         generator = torch.Generator("cpu").manual_seed(s.seed)
-        kwargs = _call_kwargs(s, backbone, generator, callback)
+        kwargs = record.call_kwargs(s, generator, callback)
         if torch.device(bundle.device).type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         _sync(bundle.device)
         t0 = time.perf_counter()
-        out = pipe(image, **kwargs) if backbone == "svd" else pipe(**kwargs)
+        args = (image,) if record.takes_image else ()
+        out = pipe(*args, **kwargs, output_type="latent")
+        decoder = pipe.decoder(s.vae, s.decode_tiling_changes())
+        z = pipe.raw_latents(out.frames, decoder)  # [1, C, n, h, w]
+        frames = decoder.decode_frames(z)  # [T, H, W, 3] uint8
+        pipe.maybe_free_model_hooks()
         _sync(bundle.device)
         seconds = time.perf_counter() - t0
-    frames = np.asarray(out.frames[0])  # [T, H, W, 3], or [H, W, 3] for an image
-    frames = (frames[None] if frames.ndim == 3 else frames) * 255.0
-    frames = frames.round().clip(0, 255).astype(np.uint8)
-    return frames, out, adapter, seconds
+    fps = pipe.frame_rate(out.fps, s.vae) if record.video else None
+    return frames, out, fps, adapter, seconds
 
 
 def generate(
@@ -244,10 +211,10 @@ def generate(
     out = check_output_path(out_path, output_suffix(settings.mode), settings.image, overwrite=overwrite)
     s = settings.validate().resolved(p).validate()  # 1
     backbone = s.backbone(p)
-    variant = "sd3" if backbone == "sd3" else "sd21"
-    image = load_conditioning_image(s.image, s.height, s.width) if s.mode == "i2v" else None  # 2
+    record = get_backbone(backbone)
+    image = load_conditioning_image(s.image, s.height, s.width) if record.takes_image else None  # 2
     bundle = get_pipelines(preset, device, dtype, cpu_offload, cvvae_subfolder, components)  # 3
-    frames, result, adapter, seconds = _run(bundle, s, backbone, image, progress, callback_on_step_end)
+    frames, result, fps, adapter, seconds = _run(bundle, s, backbone, image, progress, callback_on_step_end)
     meta = {
         "preset": preset,
         "mode": s.mode,
@@ -257,11 +224,11 @@ def generate(
         "latent_frames": s.num_latent_frames,
         "height": int(frames.shape[1]),
         "width": int(frames.shape[2]),
-        "fps": result.fps,
-        "conditioning_fps": result.conditioning_fps if backbone in ("svd", "sd21") else None,
+        "fps": fps,
+        "conditioning_fps": result.conditioning_fps,
         "models": {
             **bundle.components,
-            "cvvae_subfolder": SD3_SUBFOLDER if variant == "sd3" else bundle.cvvae_subfolder,
+            "cvvae_subfolder": SD3_SUBFOLDER if record.vae_variant == "sd3" else bundle.cvvae_subfolder,
         },
         "adapter": adapter,
         "device": bundle.device,
@@ -278,8 +245,6 @@ def generate(
     if p.random_weights:
         meta["notice"] = RANDOM_WEIGHTS_NOTICE
     meta["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 3)  # up to writing
-    paths = write_video_and_sidecar(out, frames, result.fps, meta)  # 4
+    paths = write_video_and_sidecar(out, frames, fps, meta)  # 4
     total = time.perf_counter() - t_start
-    return GenerationResult(
-        Path(paths["video"]), Path(paths["sidecar"]), int(frames.shape[0]), float(result.fps), total, meta
-    )
+    return GenerationResult(Path(paths["video"]), Path(paths["sidecar"]), int(frames.shape[0]), fps, total, meta)

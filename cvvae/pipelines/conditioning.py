@@ -17,20 +17,20 @@ import torch
 
 from ..errors import InputError
 
-TEMPORAL_FACTOR = 4  # video frames per CV-VAE latent frame
 CLIP_SIZE = 224
 
 
-def fps_id(output_fps: float) -> float:
-    """The frame-rate id the SVD UNet is conditioned on, for a CV-VAE video played at ``output_fps``.
+def fps_id(output_fps: float, temporal_factor: int) -> float:
+    """The frame-rate id the SVD UNet is conditioned on, for a video played at ``output_fps`` whose VAE
+    decodes each latent frame into ``temporal_factor`` frames (CV-VAE: 4, ``config.time_n_compress``).
 
-    SVD was trained with ``fps - 1`` of its own frames. Each CV-VAE latent frame stands for 4 video
-    frames, so the latents run at ``output_fps / 4``: the id is ``output_fps / 4 - 1`` (a float, as the
-    UNet's time embedding accepts), floored at 0. 28 fps gives 6, SVD's default.
+    SVD was trained with ``fps - 1`` of its own frames. The latents run at ``output_fps / temporal_factor``:
+    the id is that minus 1 (a float, as the UNet's time embedding accepts), floored at 0. For CV-VAE, 28 fps
+    gives 6, SVD's default.
     """
     if not isinstance(output_fps, (int, float)) or not output_fps > 0 or output_fps != output_fps:
         raise InputError(f"fps must be a positive number, got {output_fps!r}")
-    return max(float(output_fps) / TEMPORAL_FACTOR - 1.0, 0.0)
+    return max(float(output_fps) / temporal_factor - 1.0, 0.0)
 
 
 def time_ids(fps: float | torch.Tensor, motion_bucket_id: float | torch.Tensor, noise_aug: torch.Tensor):

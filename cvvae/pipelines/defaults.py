@@ -15,22 +15,25 @@ class Defaults:
     width: int
     steps: int
     fps: float  # output fps: 4 x the backbone's own fps, so a clip lasts as long as the backbone's
+    guidance: float = 7.5  # text guidance (AnimateDiff, SD 2.1, SD3)
 
 
 SVD_XT = Defaults(25, 576, 1024, 25, 28.0)  # 25 latents -> 97 frames; fps id 28 / 4 - 1 = 6, SVD's default
 SVD = Defaults(14, 576, 1024, 25, 28.0)  # 14 latents -> 53 frames
 ANIMATEDIFF = Defaults(16, 512, 512, 25, 32.0)  # 16 latents -> 61 frames; AnimateDiff's 8 fps x 4
-SD3 = Defaults(1, 1024, 1024, 28, 0.0)  # text -> image: one latent frame
+SD3 = Defaults(1, 1024, 1024, 28, 0.0, guidance=7.0)  # text -> image: one latent frame; SD3's guidance
 TINY_VIDEO = Defaults(3, 64, 64, 2, 28.0)  # the random 'tiny' preset: 3 latents -> 9 frames
 TINY_TEXT = Defaults(3, 64, 64, 2, 32.0)
-TINY_IMAGE = Defaults(1, 64, 64, 2, 0.0)
+TINY_IMAGE = Defaults(1, 64, 64, 2, 0.0, guidance=7.0)
 
-# SVD conditioning and guidance, text guidance (diffusers' defaults for these models)
+# SVD conditioning and guidance (diffusers' defaults for SVD)
 MOTION_BUCKET_ID = 127
 NOISE_AUG_STRENGTH = 0.02
 MIN_GUIDANCE = 1.0
 MAX_GUIDANCE = 3.0
-TEXT_GUIDANCE = 7.5
+
+
+VAE_CHOICES = ("cvvae", "native")  # decode with CV-VAE, or with the backbone's own VAE (for comparisons)
 
 
 @dataclass(frozen=True)

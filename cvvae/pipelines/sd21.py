@@ -12,17 +12,18 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
 from .animatediff import check_prompt
-from .decoding import CVVAEVideoOutput, check_frames_and_size, decode_cvvae
+from .decoding import CVVAEDecodingMixin, CVVAEVideoOutput, check_frames_and_size
 from .svd import CVVAEVideoPipeline
 
 
-class CVVAETextImageVideoPipeline(DiffusionPipeline):
+class CVVAETextImageVideoPipeline(CVVAEDecodingMixin, DiffusionPipeline):
     """SD 2.1 (``text_encoder``, ``tokenizer``, ``unet``, ``scheduler``) for the keyframe, SVD
     (``image_encoder``, ``feature_extractor``, ``video_unet``, ``video_scheduler``) for the video, and
     CV-VAE (``vae``) for both; ``native_vae`` is SVD's own VAE (optional, for comparisons)."""
 
     model_cpu_offload_seq = "text_encoder->unet->image_encoder->video_unet->vae->native_vae"
     _optional_components = ["native_vae"]
+    frames_first = True  # the video stage is SVD's
 
     def __init__(
         self,
@@ -84,19 +85,17 @@ class CVVAETextImageVideoPipeline(DiffusionPipeline):
     @torch.no_grad()
     def text_to_image(self, prompt, negative_prompt, height, width, steps, guidance_scale, generator):
         """SD 2.1 latent ``[1, 4, h, w]`` -> CV-VAE image-mode decode -> PIL keyframe."""
-        latent = (
-            self.text_to_image_pipeline()(
-                prompt=prompt,
-                negative_prompt=negative_prompt or None,
-                height=height,
-                width=width,
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                generator=generator,
-                output_type="latent",
-            ).images[:, :, None]  # [B, 4, h, w] -> [B, 4, 1, h, w]
-        )
-        image = decode_cvvae(self.vae, latent)[:, :, 0]  # [B, 3, H, W] in [-1, 1]
+        latent = self.text_to_image_pipeline()(
+            prompt=prompt,
+            negative_prompt=negative_prompt or None,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            output_type="latent",
+        ).images  # [B, 4, h, w]
+        image = self.decode_video(latent)[:, :, 0]  # [B, 3, 1, H, W] -> [B, 3, H, W] in [-1, 1]
         return self.image_to_video_pipeline().video_processor.postprocess(image, output_type="pil")[0]
 
     def __call__(

@@ -12,11 +12,11 @@ from diffusers import StableDiffusion3Pipeline
 from diffusers.image_processor import VaeImageProcessor
 
 from .animatediff import check_prompt
-from .decoding import CVVAEVideoOutput, check_output_choices, decode_cvvae
+from .decoding import CVVAEDecodingMixin, CVVAEVideoOutput, check_output_choices
 from .defaults import SD3
 
 
-class CVVAESD3ImagePipeline(StableDiffusion3Pipeline):
+class CVVAESD3ImagePipeline(CVVAEDecodingMixin, StableDiffusion3Pipeline):
     """diffusers' SD3 pipeline with CV-VAE-SD3 as ``vae`` and SD3's own VAE as the optional ``native_vae``."""
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->vae->native_vae"
@@ -45,16 +45,8 @@ class CVVAESD3ImagePipeline(StableDiffusion3Pipeline):
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     def decode_image(self, latents: torch.Tensor, vae: str = "cvvae") -> torch.Tensor:
-        """SD3 latents ``[B, 16, h, w]`` -> images ``[B, 3, H, W]`` in [-1, 1]."""
-        if vae == "native":
-            native = self.native_vae
-            if native is None:
-                from ..errors import InputError
-
-                raise InputError("vae='native' needs SD3's own VAE, which this pipeline was built without")
-            z = latents / native.config.scaling_factor + native.config.shift_factor
-            return native.decode(z.to(native.device, native.dtype)).sample.float()
-        return decode_cvvae(self.vae, latents[:, :, None])[:, :, 0]  # one latent frame -> one image
+        """SD3 latents ``[B, 16, h, w]`` -> images ``[B, 3, H, W]`` in [-1, 1] (CV-VAE-SD3 or SD3's own VAE)."""
+        return self.decode_video(latents, vae)[:, :, 0]  # one latent frame -> one image
 
     @torch.no_grad()
     def __call__(
@@ -64,7 +56,7 @@ class CVVAESD3ImagePipeline(StableDiffusion3Pipeline):
         height: int = SD3.height,
         width: int = SD3.width,
         num_inference_steps: int = SD3.steps,
-        guidance_scale: float = 7.0,
+        guidance_scale: float = SD3.guidance,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",

@@ -7,11 +7,8 @@ from dataclasses import dataclass, fields, replace
 
 from ..errors import InputError
 from ..tiling import tiling_changes
-from .decoding import VAE_CHOICES
-from .defaults import LIMITS, MAX_GUIDANCE, MIN_GUIDANCE, MOTION_BUCKET_ID, NOISE_AUG_STRENGTH, TEXT_GUIDANCE
-
-MODES = ("i2v", "t2v", "t2i")  # t2i: SD3 text -> image, decoded by CV-VAE-SD3
-T2V_BACKBONES = ("animatediff", "sd21")  # sd21: text -> image (SD 2.1) -> video (SVD)
+from .backbones import MODES, backbones_for, get_backbone
+from .defaults import LIMITS, MAX_GUIDANCE, MIN_GUIDANCE, MOTION_BUCKET_ID, NOISE_AUG_STRENGTH, VAE_CHOICES
 
 
 @dataclass
@@ -19,14 +16,15 @@ class GenerationSettings:
     """One clip to generate. ``None`` means the preset's default for the chosen backbone.
 
     Ranges are ``cvvae.pipelines.defaults.LIMITS``. ``decode_tiling`` is a tiling choice for the
-    CV-VAE decode (``"default"``, ``"off"``, ``"N"`` frames per window, ``"N/P"`` with P-pixel tiles).
+    decode (``"default"``, ``"off"``, ``"N"`` frames per window, ``"N/P"`` with P-pixel tiles), parsed once
+    by :meth:`decode_tiling_changes` (what the pipelines take).
     """
 
     mode: str = "i2v"
     image: str | None = None
     prompt: str | None = None
     negative_prompt: str = ""
-    t2v_backbone: str | None = None  # "animatediff" | "sd21"; None: the preset's
+    t2v_backbone: str | None = None  # a text -> video backbone (animatediff, sd21, ...); None: the preset's
     num_latent_frames: int | None = None
     steps: int | None = None
     seed: int = 0
@@ -35,7 +33,7 @@ class GenerationSettings:
     motion_bucket_id: int = MOTION_BUCKET_ID
     min_guidance: float = MIN_GUIDANCE
     max_guidance: float = MAX_GUIDANCE
-    guidance: float = TEXT_GUIDANCE  # text guidance (AnimateDiff, SD 2.1)
+    guidance: float | None = None  # text guidance (AnimateDiff, SD 2.1, SD3); None: the backbone's
     noise_aug_strength: float = NOISE_AUG_STRENGTH
     height: int | None = None
     width: int | None = None
@@ -51,11 +49,12 @@ class GenerationSettings:
         else:
             what = "text-to-image" if self.mode == "t2i" else "text-to-video"
             _check(isinstance(self.prompt, str) and bool(self.prompt.strip()), f"{what} needs a non-empty prompt")
+        t2v = backbones_for("t2v")
         _check(
-            self.t2v_backbone in (None, *T2V_BACKBONES),
-            f"t2v_backbone must be animatediff or sd21, got {self.t2v_backbone!r}",
+            self.t2v_backbone in (None, *t2v),
+            f"t2v_backbone must be one of {', '.join(t2v)}, got {self.t2v_backbone!r}",
         )
-        _check(self.vae in VAE_CHOICES, f"vae must be 'cvvae' or 'native', got {self.vae!r}")
+        _check(self.vae in VAE_CHOICES, f"vae must be one of {', '.join(VAE_CHOICES)}, got {self.vae!r}")
         if self.mode == "t2i":
             _check(self.num_latent_frames in (None, 1), "text -> image makes one frame: leave num_latent_frames unset")
         for name in ("num_latent_frames", "steps", "seed", "motion_bucket_id", "height", "width"):
@@ -66,27 +65,32 @@ class GenerationSettings:
                 _check_int(name, value)
         for name in ("fps", "conditioning_fps", "min_guidance", "max_guidance", "guidance", "noise_aug_strength"):
             value = getattr(self, name)
-            if value is not None or name not in ("fps", "conditioning_fps"):
+            if value is not None or name not in ("fps", "conditioning_fps", "guidance"):
                 _check_number(name, value)
         _check(
             self.min_guidance <= self.max_guidance,
             f"min_guidance ({self.min_guidance}) must not exceed max_guidance ({self.max_guidance})",
         )
-        tiling_changes(self.decode_tiling)  # InputError on a bad choice
+        self.decode_tiling_changes()  # InputError on a bad choice
         return self
 
+    def decode_tiling_changes(self) -> dict:
+        """``decode_tiling`` as changes to the decoding VAE's tiling (``cvvae.tiling.tiling_changes``)."""
+        return tiling_changes(self.decode_tiling)
+
     def backbone(self, preset) -> str:
-        """``svd`` for image->video, ``sd3`` for text->image, else the text->video backbone (this setting
-        or the preset's)."""
-        return {"i2v": "svd", "t2i": "sd3"}.get(self.mode) or self.t2v_backbone or preset.t2v_backbone
+        """The preset's backbone for this mode; for text->video, ``t2v_backbone`` when set."""
+        return (self.mode == "t2v" and self.t2v_backbone) or preset.backbone(self.mode)
 
     def resolved(self, preset) -> GenerationSettings:
         """A copy with every ``None`` default filled from ``preset`` (what the sidecar records)."""
         backbone = self.backbone(preset)
         d = preset.defaults(backbone)
+        _check(get_backbone(backbone).mode == self.mode, f"backbone {backbone!r} does not do {self.mode}")
         return replace(
             self,
             t2v_backbone=backbone if self.mode == "t2v" else None,
+            guidance=d.guidance if self.guidance is None else self.guidance,
             num_latent_frames=self.num_latent_frames or d.num_latent_frames,
             steps=self.steps or d.steps,
             fps=None if self.mode == "t2i" else float(self.fps or d.fps),

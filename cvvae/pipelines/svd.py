@@ -21,7 +21,8 @@ from diffusers.video_processor import VideoProcessor
 
 from ..errors import InputError
 from . import conditioning
-from .decoding import CVVAEDecodingMixin, CVVAEVideoOutput, check_frames_and_size, check_output_choices, output_fps
+from .decoding import CVVAEDecodingMixin, CVVAEVideoOutput, check_frames_and_size, check_output_choices
+from .defaults import MAX_GUIDANCE, MIN_GUIDANCE, MOTION_BUCKET_ID, NOISE_AUG_STRENGTH, SVD_XT
 
 
 class CVVAEVideoPipeline(CVVAEDecodingMixin, StableVideoDiffusionPipeline):
@@ -73,21 +74,21 @@ class CVVAEVideoPipeline(CVVAEDecodingMixin, StableVideoDiffusionPipeline):
     def __call__(
         self,
         image,
-        num_latent_frames: int = 25,
-        height: int = 576,
-        width: int = 1024,
-        num_inference_steps: int = 25,
-        fps: float = 28.0,
+        num_latent_frames: int = SVD_XT.num_latent_frames,
+        height: int = SVD_XT.height,
+        width: int = SVD_XT.width,
+        num_inference_steps: int = SVD_XT.steps,
+        fps: float = SVD_XT.fps,
         conditioning_fps: float | None = None,
-        motion_bucket_id: int = 127,
-        noise_aug_strength: float = 0.02,
-        min_guidance_scale: float = 1.0,
-        max_guidance_scale: float = 3.0,
+        motion_bucket_id: int = MOTION_BUCKET_ID,
+        noise_aug_strength: float = NOISE_AUG_STRENGTH,
+        min_guidance_scale: float = MIN_GUIDANCE,
+        max_guidance_scale: float = MAX_GUIDANCE,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         vae: str = "cvvae",
-        decode_tiling: str | None = None,
+        decode_tiling: dict | None = None,
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         return_dict: bool = True,
@@ -96,10 +97,14 @@ class CVVAEVideoPipeline(CVVAEDecodingMixin, StableVideoDiffusionPipeline):
 
         Steps: 1. check inputs, 2. fps id, 3. SVD's own sampling in latent space (CLIP embedding,
         noise-augmented CV-VAE image latent, Euler loop with per-frame guidance), 4. decode with the
-        chosen VAE (``decode_tiling``: a tiling choice for this call, see ``cvvae.tiling``).
+        chosen VAE (``decode_tiling``: changes to its tiling for this call, ``cvvae.tiling.tiling_changes``).
         """
         self.check_call(image, num_latent_frames, height, width, output_type, vae)  # 1
-        cond_fps = conditioning.fps_id(fps) if conditioning_fps is None else float(conditioning_fps)  # 2
+        cond_fps = (
+            conditioning.fps_id(fps, self.vae.config.time_n_compress)
+            if conditioning_fps is None
+            else float(conditioning_fps)
+        )  # 2
         denoised = super().__call__(  # 3 (diffusers subtracts 1 from fps: pass the id + 1)
             image,
             height=height,
@@ -119,5 +124,5 @@ class CVVAEVideoPipeline(CVVAEDecodingMixin, StableVideoDiffusionPipeline):
             return_dict=False,
         )
         frames = self.finish(denoised, output_type, vae, decode_tiling)  # 4
-        out = CVVAEVideoOutput(frames=frames, fps=output_fps(fps, vae), conditioning_fps=cond_fps)
+        out = CVVAEVideoOutput(frames=frames, fps=self.frame_rate(fps, vae), conditioning_fps=cond_fps)
         return out if return_dict else (frames,)
