@@ -18,7 +18,8 @@ REAL_WEIGHTS_HINT = (
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from cvvae.cli import Parser, add_pipeline_options
+    from cvvae.cli import add_pipeline_options
+    from cvvae.commands import Parser
 
     p = Parser(prog="python -m app", description="The CV-VAE web demo (Gradio).")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

@@ -164,7 +164,8 @@ def run_batch(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cvvae.cli import Parser, add_pipeline_options
+    from cvvae.cli import add_pipeline_options
+    from cvvae.commands import Parser
     from cvvae.pipelines.presets import PRESETS
 
     p = Parser(prog="python -m app.batch", description=__doc__.split("\n\n")[0])
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from cvvae.cli import run_command
+    from cvvae.commands import run_command
     from cvvae.loading import RANDOM_WEIGHTS_NOTICE
     from cvvae.pipelines.presets import parse_components
 

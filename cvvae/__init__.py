@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 
 from .errors import InputError, ModelLoadError, UserError
+from .version import __version__
 
 _LAZY = {
     "CVVAEModel": "model",
@@ -18,8 +19,7 @@ _LAZY = {
     "padded_length": "frames",
     "video_frames": "frames",
 }
-__all__ = ["InputError", "ModelLoadError", "UserError", *_LAZY]
-__version__ = "0.1.0"
+__all__ = ["InputError", "ModelLoadError", "UserError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -34,6 +34,8 @@ def video_vae(vae: VaeLike, tiling=None, name: str | None = None) -> VideoVAE:
     if not isinstance(vae, (VideoVAE, torch.nn.Module)):
         vae = vae()
     v = as_video_vae(vae, name)
+    if tiling and not isinstance(v, CVVAE):
+        raise InputError(f"tiling options apply to CV-VAEs; {v.name} ({type(v.module).__name__}) has its own")
     if tiling is not None and isinstance(v, CVVAE):
         v = CVVAE(v.module, v.name, tiling, v.random_weights)
     return v

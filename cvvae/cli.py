@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 import warnings
 from collections.abc import Sequence
 
-from .errors import InputError, UserError
+from .commands import Parser, run_command
+from .errors import InputError
 from .hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, DEFAULT_SUBFOLDER, default_subfolder, model_label
 
 # ----------------------------------------------------------------------------- options
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with the exit-code contract: a bad argument is one ``error:`` line (and ``--help``'s hint), exit 2."""
-
-    def error(self, message: str):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
 
 
 def _positive_int(text: str) -> int:
@@ -56,8 +48,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model",
         default=CVVAE_HUB_ID,
-        help=f"hub id, local folder, 'tiny' (random weights, for trying the mechanics) or 'nano' "
-        f"(default: {CVVAE_HUB_ID} with subfolder {DEFAULT_SUBFOLDER})",
+        help=f"a CV-VAE hub id or local folder, a named VAE (nano, nano-2d, tiny = random weights, sd21-vae, "
+        f"svd-temporal, ...) or Class:model for a diffusers VAE (default: {CVVAE_HUB_ID} with subfolder "
+        f"{DEFAULT_SUBFOLDER})",
     )
     g.add_argument(
         "--subfolder", default=None, help=f"subfolder of the hub repo or folder ({', '.join(CVVAE_SUBFOLDERS)})"
@@ -147,17 +140,13 @@ def _model_loader(args: argparse.Namespace):
 
     def load():
         from .devices import resolve_device, resolve_dtype
-        from .loading import RANDOM_WEIGHTS_NOTICE, load_vae
+        from .loading import RANDOM_WEIGHTS_NOTICE
+        from .vaes import load_video_vae
 
         device = resolve_device(args.device)
-        vae = load_vae(
-            args.model,
-            subfolder=args.subfolder,
-            device=device,
-            dtype=resolve_dtype(args.dtype, device),
-            allow_pickle=args.allow_pickle,
-        )
-        if args.model == "tiny":
+        dtype = resolve_dtype(args.dtype, device)
+        vae = load_video_vae(args.model, device, dtype, subfolder=args.subfolder, allow_pickle=args.allow_pickle)
+        if vae.random_weights:
             print(f"note: {RANDOM_WEIGHTS_NOTICE}", file=sys.stderr)
         return vae
 
@@ -381,19 +370,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     # huggingface_hub deprecation noise from inside diffusers' loader: not actionable for a user
     warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
     return run_command(lambda: args.func(args))
-
-
-def run_command(fn) -> int:
-    """Run ``fn`` with the exit-code contract of every command line here: 0, 2 with one ``error:`` line, 1."""
-    try:
-        return int(fn() or 0)
-    except UserError as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception:
-        traceback.print_exc()
-        return 1

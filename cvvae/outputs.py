@@ -114,7 +114,7 @@ def versions() -> dict:
     import diffusers
     import torch
 
-    from . import __version__
+    from .version import __version__
 
     return {
         "cvvae": __version__,

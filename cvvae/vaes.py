@@ -345,12 +345,13 @@ def _cast(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
 
 
 def _cvvae(model: str, subfolder: str | None = None, variant: str | None = None, label: str | None = None):
-    def load(device=None, dtype=None, tiling: dict | None = None, **_) -> VideoVAE:
+    def load(device=None, dtype=None, tiling: dict | None = None, allow_pickle=False, **options) -> VideoVAE:
         from .hub import model_label
         from .loading import load_vae
 
-        vae = load_vae(model, subfolder, device=device, dtype=dtype, variant=variant)
-        return CVVAE(vae, label or model_label(model, subfolder), tiling, random_weights=model == "tiny")
+        where = options.get("subfolder") or subfolder
+        vae = load_vae(model, where, device=device, dtype=dtype, variant=variant, allow_pickle=allow_pickle)
+        return CVVAE(vae, label or model_label(model, where), tiling, random_weights=model == "tiny")
 
     return load
 

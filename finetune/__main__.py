@@ -73,7 +73,7 @@ def cmd_params(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cvvae.cli import Parser
+    from cvvae.commands import Parser
 
     parser = Parser(prog="python -m finetune", description="Adapt the SVD UNet to CV-VAE latents")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from cvvae.cli import run_command
+    from cvvae.commands import run_command
 
     args = build_parser().parse_args(argv)
     return run_command(lambda: args.func(args))

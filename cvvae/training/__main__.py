@@ -7,7 +7,7 @@ import sys
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from ..cli import Parser
+    from ..commands import Parser
 
     p = Parser(
         prog="python -m cvvae.training",
@@ -33,7 +33,7 @@ def _train(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import run_command
+    from ..commands import run_command
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "evaluate":

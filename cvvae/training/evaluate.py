@@ -124,9 +124,9 @@ def to_markdown(results: dict, mapping: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import Parser
+    from ..commands import Parser
     from ..loading import model_class
-    from .trainer import load_frozen_vae2d
+    from .inflate import load_frozen_vae2d
 
     p = Parser(prog="python -m cvvae.training evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", required=True, help="NAME=FOLDER of a CVVAEModel (repeatable)")

@@ -181,3 +181,10 @@ def inflate_vae(vae2d, temporal_init: str = "zero", seed: int = 0, **config_over
     if not sd3:
         _init_temporal(model, temporal_init)
     return model
+
+
+def load_frozen_vae2d(folder: str):
+    from diffusers import AutoencoderKL
+
+    vae2d = AutoencoderKL.from_pretrained(folder).eval()
+    return vae2d.requires_grad_(False)

@@ -81,7 +81,7 @@ def plot_compatibility(runs: dict[str, list[dict]], out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import Parser
+    from ..commands import Parser
 
     p = Parser(prog="python -m cvvae.training plot", description=__doc__.splitlines()[0])
     p.add_argument("--run", action="append", required=True, metavar="NAME=FOLDER", help="a training output_dir")

@@ -27,6 +27,7 @@ from .. import checkpoints
 from .config import VAETrainConfig, config_to_dict
 from .data import CropSampler, StillSampler, TrainingData, load_clips, load_stills, split_clip
 from .discriminator import PatchDiscriminator3D
+from .inflate import load_frozen_vae2d
 from .losses import (
     adaptive_weight,
     decoder_side_reg,
@@ -48,13 +49,6 @@ def build_vae2d(cfg: VAETrainConfig):
         kwargs = {"latent_channels": 4, "layers_per_block": 1, **VAE2D_BLOCKS, **cfg.vae2d_model}
         kwargs["block_out_channels"] = tuple(kwargs["block_out_channels"])
         return AutoencoderKL(**kwargs)
-
-
-def load_frozen_vae2d(folder: str):
-    from diffusers import AutoencoderKL
-
-    vae2d = AutoencoderKL.from_pretrained(folder).eval()
-    return vae2d.requires_grad_(False)
 
 
 class GeneratorLoss(nn.Module):
