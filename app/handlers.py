@@ -116,8 +116,11 @@ def parse_resolution(text: str | None) -> tuple[int | None, int | None]:
         width, height = (int(v) for v in str(text).lower().split("x"))
     except ValueError as err:
         raise gr.Error(f"resolution must look like 1024x576 (width x height), got {text!r}") from err
-    if width <= 0 or height <= 0 or width % 64 or height % 64:
-        raise gr.Error(f"resolution {text}: width and height must be positive multiples of 64")
+    from cvvae.pipelines.defaults import LIMITS
+
+    step = LIMITS["height"].step
+    if width <= 0 or height <= 0 or width % step or height % step:
+        raise gr.Error(f"resolution {text}: width and height must be positive multiples of {step:g}")
     return height, width
 
 

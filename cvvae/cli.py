@@ -328,13 +328,17 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .loading import RANDOM_WEIGHTS_NOTICE
     from .outputs import check_output_path
-    from .pipelines.api import generate, output_suffix
-    from .pipelines.presets import parse_components
+    from .pipelines.backbones import output_suffix
+    from .pipelines.presets import check_models, get_preset, parse_components
 
     settings = settings_from_args(args).validate()  # fail on bad values before loading anything
     check_output_path(args.out, output_suffix(args.mode), overwrite=args.overwrite)
+    backbone = settings.backbone(get_preset(args.preset))
+    check_models(args.preset, backbone, parse_components(args.component), args.cvvae_subfolder)
+    from .loading import RANDOM_WEIGHTS_NOTICE  # the models are there: now the heavy imports
+    from .pipelines.api import generate
+
     result = generate(
         settings,
         args.out,

@@ -132,3 +132,29 @@ def load_model(load, name: str, subfolder: str | None = None, **kwargs):
         raise
     except (OSError, ValueError) as err:
         raise hub_error(name, subfolder, err) from err
+
+
+def missing_models(models: dict[str, tuple[str, str | None]]) -> list[str]:
+    """What of ``models`` (what -> (hub id or folder, subfolder)) cannot load here, each with how to get it;
+    checked before anything heavy is imported, so every missing model is named at once. A hub id counts as
+    missing only when the hub is out of reach (offline, or not answering) and it is not in the cache."""
+    problems = []
+    remote = []
+    for what, (name, subfolder) in models.items():
+        if name == "tiny":
+            continue
+        if looks_local(name):
+            folder = Path(name).expanduser() / (subfolder or "")
+            if not folder.is_dir():
+                problems.append(f"{what}: folder {folder} does not exist")
+        else:
+            remote.append((what, name, subfolder))
+    if remote and (is_offline() or not hub_reachable()):
+        from huggingface_hub import try_to_load_from_cache
+
+        for what, name, subfolder in remote:
+            prefix = f"{subfolder}/" if subfolder else ""
+            files = (f"{prefix}config.json", f"{prefix}model_index.json")
+            if not any(isinstance(try_to_load_from_cache(name, f), str) for f in files):
+                problems.append(f"{what}: {name} is not in the cache (`{download_hint(name, subfolder)}`)")
+    return problems

@@ -53,8 +53,12 @@ class LatentCacheConfig:
         return 1 + 4 * (self.num_latent_frames - 1)
 
     def validate(self):
-        if self.height % 64 or self.width % 64 or self.height < 64 or self.width < 64:
-            raise ConfigError(f"data.height and data.width must be multiples of 64, got {self.height}x{self.width}")
+        r = LIMITS["height"]  # the sizes generation takes
+        if any(v % r.step or v not in r for v in (self.height, self.width)):
+            raise ConfigError(
+                f"data.height and data.width must be multiples of {r.step:g} in {r.low:g}..{r.high:g}, "
+                f"got {self.height}x{self.width}"
+            )
         if self.num_latent_frames < 2:
             raise ConfigError(f"data.num_latent_frames must be >= 2, got {self.num_latent_frames}")
         if self.stride < 1 or self.clips_per_video < 1 or self.shard_size < 1:

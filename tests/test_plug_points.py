@@ -73,7 +73,10 @@ def test_a_registered_backbone_runs_through_the_command_line(toy_backbone, tmp_p
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["backbone"] == "toy" and meta["frames"] == 5 and meta["fps"] == 20.0  # 1 + 4 (2 - 1) frames
     assert meta["models"]["toy"] == "tiny"  # its component, from the registry
-    assert main([*args, "--quiet", "--overwrite", "--component", "toy=/somewhere"]) == 0  # a known component now
+    capsys.readouterr()
+    assert main([*args, "--quiet", "--overwrite", "--component", "toy=/nowhere/toy"]) == 2  # a known component now
+    assert "toy: folder /nowhere/toy does not exist" in capsys.readouterr().err  # checked before any loading
+    assert main([*args, "--quiet", "--overwrite", "--component", f"toy={tmp_path}"]) == 0
 
 
 def test_unknown_backbones_are_refused_with_the_known_ones():

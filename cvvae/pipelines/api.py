@@ -15,11 +15,19 @@ from ..errors import InputError
 from ..hub import DEFAULT_SUBFOLDER, SD3_SUBFOLDER
 from ..loading import RANDOM_WEIGHTS_NOTICE
 from ..outputs import check_output_path
-from .backbones import get_backbone
-from .presets import PRESETS, Preset, get_preset, parse_components
+from .backbones import get_backbone, output_suffix
+from .presets import PRESETS, Preset, check_models, get_preset, parse_components
 from .settings import GenerationSettings
 
-__all__ = ["PRESETS", "GenerationResult", "GenerationSettings", "PipelineBundle", "generate", "get_pipelines"]
+__all__ = [
+    "PRESETS",
+    "GenerationResult",
+    "output_suffix",
+    "GenerationSettings",
+    "PipelineBundle",
+    "generate",
+    "get_pipelines",
+]
 
 
 # ----------------------------------------------------------------------------- pipelines
@@ -32,13 +40,18 @@ class PipelineBundle:
         self, preset: Preset, device: str, dtype: torch.dtype, cpu_offload: bool, components: dict, subfolder
     ):
         self.preset, self.device, self.dtype, self.cpu_offload = preset, device, dtype, cpu_offload
-        self.components = {**preset.all_components(), **components}
+        self.overrides = components
         self.cvvae_subfolder = subfolder
         self.lock = threading.RLock()
         self.load_seconds: dict[str, float] = {}
         self._pipes: dict[str, object] = {}
         self._vaes: dict[str, object] = {}
         self._adapter: str | None = None
+
+    @property
+    def components(self) -> dict:
+        """Every component key (of the backbones registered now) -> what this bundle loads for it."""
+        return {**self.preset.all_components(), **self.overrides}
 
     def cvvae(self, variant: str = "sd21"):
         """The CV-VAE of ``variant`` (``sd21``: 4 latent channels, for SD 1.5/2.1 and SVD; ``sd3``), loaded once."""
@@ -134,11 +147,6 @@ class GenerationResult:
     metadata: dict = field(default_factory=dict)
 
 
-def output_suffix(mode: str) -> str:
-    """Videos are written as ``.mp4``, text -> image results as ``.png``."""
-    return ".png" if mode == "t2i" else ".mp4"
-
-
 def _sync(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -212,6 +220,7 @@ def generate(
     s = settings.validate().resolved(p).validate()  # 1
     backbone = s.backbone(p)
     record = get_backbone(backbone)
+    check_models(preset, backbone, components, cvvae_subfolder)  # every missing model named, before loading
     image = load_conditioning_image(s.image, s.height, s.width) if record.takes_image else None  # 2
     bundle = get_pipelines(preset, device, dtype, cpu_offload, cvvae_subfolder, components)  # 3
     frames, result, fps, adapter, seconds = _run(bundle, s, backbone, image, progress, callback_on_step_end)

@@ -54,6 +54,11 @@ def backbones_for(mode: str) -> list[str]:
     return [name for name, b in BACKBONES.items() if b.mode == mode]
 
 
+def output_suffix(mode: str) -> str:
+    """Videos are written as ``.mp4``, text -> image results as ``.png``."""
+    return ".png" if mode == "t2i" else ".mp4"
+
+
 def component_keys() -> tuple[str, ...]:
     """Every model a preset or ``--component`` can name: CV-VAE and what the backbones load."""
     return ("cvvae", *dict.fromkeys(k for b in BACKBONES.values() for k in b.components))

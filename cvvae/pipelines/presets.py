@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import InputError
-from ..hub import CVVAE_HUB_ID
+from ..errors import InputError, ModelLoadError
+from ..hub import CVVAE_HUB_ID, SD3_SUBFOLDER, missing_models
 from .backbones import BACKBONES, component_keys, get_backbone
 from .defaults import SVD, Defaults
 
@@ -90,3 +90,19 @@ def parse_components(items) -> dict:
             raise InputError(f"unknown component {name!r}; known: {', '.join(keys)}")
         out[name] = value
     return out
+
+
+def check_models(preset: str, backbone: str, components: dict | None = None, cvvae_subfolder: str | None = None):
+    """:class:`ModelLoadError` naming every model ``backbone`` needs that cannot load here (all at once, before
+    any model code is imported); nothing for ``tiny`` or models that are there."""
+    record = get_backbone(backbone)
+    parts = {**get_preset(preset).all_components(), **parse_components(components)}
+    cvvae = parts["cvvae"]
+    subfolder = (SD3_SUBFOLDER if record.vae_variant == "sd3" else cvvae_subfolder) if cvvae == CVVAE_HUB_ID else None
+    wanted = {"CV-VAE": (cvvae, subfolder), **{key: (parts[key], None) for key in record.components}}
+    problems = missing_models(wanted)
+    if problems:
+        raise ModelLoadError(
+            f"{len(problems)} model(s) cannot be loaded here: " + "; ".join(problems) + ". Download them on a "
+            "machine with network access, or pass local folders (--component NAME=FOLDER)"
+        )
