@@ -78,7 +78,7 @@ def test_reconstruct_real_clip_subprocess(tmp_path):
     result = json_line(proc.stdout)
     assert (result["frames"], result["height"], result["width"]) == (9, 64, 96)
     assert {"psnr", "ssim", "flicker", "seconds"} <= set(result)
-    assert set(result["flicker"]) == {"frame_difference", "warping_error"}
+    assert set(result["flicker"]) == {"frame_difference", "warping_error", "motion"}
     assert RANDOM_WEIGHTS_NOTICE in proc.stderr
     info = probe(out)
     assert (info.frames, info.height, info.width) == (9, 64, 96) and info.fps == pytest.approx(12)

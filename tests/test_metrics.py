@@ -65,13 +65,14 @@ def test_ssim():
 
 def test_flicker_static_and_flickering():
     still = np.repeat(texture(32, 48)[None], 5, axis=0)
-    assert metrics.flicker(still) == {"frame_difference": 0.0, "warping_error": 0.0}
+    assert metrics.flicker(still) == {"frame_difference": 0.0, "warping_error": 0.0, "motion": 0.0}
     flickering = still.astype(np.int16)
     flickering[1::2] += 20  # brightness jumps every other frame
     flickering = flickering.clip(0, 255).astype(np.uint8)
     f = metrics.flicker(flickering)
     assert f["frame_difference"] == pytest.approx(20 / 255, rel=0.1)
-    assert f["warping_error"] == pytest.approx(3 * (20 / 255) ** 2, rel=0.2)  # squared RGB error, [0, 1] units
+    assert f["warping_error"] == pytest.approx((20 / 255) ** 2, rel=0.2)  # Lai et al.: mean over RGB, [0, 1]
+    assert f["motion"] < 0.5  # brightness flicker, not motion
     assert metrics.frame_difference(still[:1]) == 0.0
 
 
@@ -124,3 +125,43 @@ def test_seam_score_finds_injected_jumps():
     assert metrics.seam_score(seams, period=8, offset=4)["ratio"] < 1  # wrong phase: no seam there
     with pytest.raises(InputError):
         metrics.seam_score(drift[:5], period=8)
+
+
+def test_motion_is_reported_beside_flicker():
+    """A frozen clip has the lowest flicker of all: the motion beside it is what exposes it."""
+    pan = translating_clip(t=6, step=2)
+    frozen = np.repeat(pan[:1], 6, axis=0)
+    moving, still = metrics.flicker(pan), metrics.flicker(frozen)
+    assert moving["motion"] == pytest.approx(2.0, rel=0.25)  # pixels per frame
+    assert still["motion"] == 0.0 and still["frame_difference"] < moving["frame_difference"]
+
+
+def test_group_seams_and_spectrum_find_a_pulse_every_latent_group():
+    drift = np.stack([np.full((16, 16, 3), 60 + i, np.uint8) for i in range(33)])
+    assert metrics.group_seams(drift)["ratio"] == pytest.approx(1.0)
+    pulsing = drift.astype(np.int16)
+    for k in range(1, 33, 4):  # each 4-frame group after frame 0 jumps: 1, 5, 9, ...
+        pulsing[k:] += 6
+    pulsing = pulsing.clip(0, 255).astype(np.uint8)
+    assert metrics.group_seams(pulsing)["ratio"] > 3
+    rng = np.random.default_rng(0)
+    noise = rng.integers(100, 140, (33, 16, 16, 3)).astype(np.uint8)  # no period at all
+    flat = metrics.group_spectrum(noise)["ratio"]
+    blink = noise.astype(np.int16)
+    blink[1::4] += 30  # one frame in each group brighter: energy at fps / 4
+    peaked = metrics.group_spectrum(blink.clip(0, 255).astype(np.uint8))["ratio"]
+    assert 0.5 < flat < 2 and peaked > 3 * flat
+    with pytest.raises(InputError):
+        metrics.group_spectrum(noise[:7])
+
+
+def test_latent_dynamics_frechet():
+    rng = np.random.default_rng(0)
+    walk = np.cumsum(rng.normal(0, 0.1, (4, 4, 9, 6, 6)), axis=2)  # 4 clips [C=4, n=9, 6, 6], slow drift
+    other = np.cumsum(rng.normal(0, 0.1, (4, 4, 9, 6, 6)), axis=2)
+    jumpy = rng.normal(0, 1.0, (4, 4, 9, 6, 6))  # independent latents every step
+    same = metrics.latent_dynamics_frechet(list(walk), list(other))
+    assert same < 0.5 * metrics.latent_dynamics_frechet(list(jumpy), list(other))
+    assert metrics.latent_dynamics_frechet(list(walk), list(walk)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(InputError):
+        metrics.latent_dynamics_frechet([walk[0][:, :1]], list(other))
