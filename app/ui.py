@@ -39,7 +39,10 @@ TILING = [  # labels of the choices cvvae.tiling.tiling_changes understands (TIL
 T2V_PROMPTS = [["a red fox running through snow, cinematic"], ["a lighthouse at dusk, waves breaking on the rocks"]]
 # Small results (the tiny preset's 64x64 images) fill their panel with sharp pixels instead of sitting
 # small in the middle of it.
-CSS = ".result-image img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}"
+CSS = (
+    ".result-image .image-frame, .result-image img {width: 100% !important; height: 100% !important;}"
+    " .result-image img {object-fit: contain !important; image-rendering: pixelated;}"
+)
 T2V_BACKBONES = [("AnimateDiff", "animatediff"), ("SD 2.1 image -> SVD video", "sd21")]
 SETTING_DEFAULTS = GenerationSettings()  # motion bucket, guidance, noise augmentation
 INTRO = (
