@@ -6,6 +6,7 @@ Only exact, known messages are dropped; every other warning of the libraries sti
 from __future__ import annotations
 
 import logging
+import warnings
 
 # logger name -> substrings of the messages dropped from it
 NOT_ACTIONABLE = {
@@ -30,6 +31,8 @@ class _DropKnown(logging.Filter):
 
 def install() -> None:
     """Add the filters (idempotent); the loggers are the libraries' own, so this imports neither library."""
+    # huggingface_hub's deprecation of an argument that diffusers' loader passes: not the user's call
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
     for name, fragments in NOT_ACTIONABLE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnown) for f in logger.filters):
