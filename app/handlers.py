@@ -383,7 +383,7 @@ class Handlers:
             if variant not in self._vaes:
                 progress(0, desc="loading CV-VAE (first run only)")
             vae = self.vae(variant)
-            progress(None, desc=f"reconstructing {frames} frames (encode + decode)")  # tiled runs show tiles
+            progress(None, desc=f"reconstructing {frames} frame{'s' * (frames != 1)} (encode + decode)")
             out = self.output_path("reconstruct")
             with self.gpu_lock:
                 res = reconstruct_file(

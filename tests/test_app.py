@@ -112,6 +112,19 @@ def test_weights_reachable_online_or_cached(monkeypatch):
 
 
 # ---- handlers with the tiny preset -------------------------------------------------------------------
+def test_reconstruct_progress_says_what_runs(handlers):
+    shown = []
+
+    def progress(value, desc=None, **kwargs):
+        shown.append(desc)
+
+    handlers.reconstruct(str(CLIP), 1, "128", "off", progress=progress)
+    assert shown == ["loading CV-VAE (first run only)", "reconstructing 1 frame (encode + decode)"]
+    shown.clear()
+    handlers.reconstruct(str(CLIP), 1, "128", "off", progress=progress)
+    assert shown == ["reconstructing 1 frame (encode + decode)"]  # loaded once: no loading message again
+
+
 def test_reconstruct_handler_writes_side_by_side_and_metrics(handlers):
     model_tiling = handlers.vae().tiling
     video, files, info = handlers.reconstruct(str(CLIP), 5, "128", "8/128")
