@@ -68,6 +68,11 @@ class AppConfig:
         return self.preset == "tiny"
 
 
+def refuse(message: str) -> gr.Error:
+    """A bad-input message for the page; the server log gets no traceback for it."""
+    return gr.Error(message, print_exception=False)
+
+
 class Cancelled(Exception):
     """Raised inside the denoising loop when the user pressed Cancel."""
 
@@ -115,12 +120,12 @@ def parse_resolution(text: str | None) -> tuple[int | None, int | None]:
     try:
         width, height = (int(v) for v in str(text).lower().split("x"))
     except ValueError as err:
-        raise gr.Error(f"resolution must look like 1024x576 (width x height), got {text!r}") from err
+        raise refuse(f"resolution must look like 1024x576 (width x height), got {text!r}") from err
     from cvvae.pipelines.defaults import LIMITS
 
     step = LIMITS["height"].step
     if width <= 0 or height <= 0 or width % step or height % step:
-        raise gr.Error(f"resolution {text}: width and height must be positive multiples of {step:g}")
+        raise refuse(f"resolution {text}: width and height must be positive multiples of {step:g}")
     return height, width
 
 
@@ -132,7 +137,7 @@ def as_number(name: str, value, kind=int):
             raise ValueError
         return kind(number)
     except (TypeError, ValueError, OverflowError):
-        raise gr.Error(f"{name} must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
+        raise refuse(f"{name} must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
 
 
 def frames_label(num_latent_frames: int | float, fps: int | float, vae: str = "cvvae") -> str:
@@ -199,9 +204,9 @@ class Handlers:
             return None
         root = self.config.adapters
         if root is None:
-            raise gr.Error("no adapters folder is configured: start the app with --adapters DIR")
+            raise refuse("no adapters folder is configured: start the app with --adapters DIR")
         if name not in self.list_adapters():
-            raise gr.Error(f"adapter {name!r} is not in {root}; press refresh to list the adapters found there")
+            raise refuse(f"adapter {name!r} is not in {root}; press refresh to list the adapters found there")
         return str(root if name == root.name and (root / "adapter.json").is_file() else root / name)
 
     def output_path(self, kind: str, seed: int | None = None, suffix: str = ".mp4") -> Path:
@@ -215,7 +220,7 @@ class Handlers:
         if budget is None or height is None or width is None:
             return
         if frames * height * width > budget:
-            raise gr.Error(
+            raise refuse(
                 f"{frames} frames at {width}x{height} is too large for this machine "
                 f"(limit {budget:,} frame-pixels per job). {_smaller_hint()}"
             )
@@ -282,7 +287,7 @@ class Handlers:
     ):
         """Image -> video with SVD in CV-VAE latents. Returns (video path, [mp4, json], info markdown)."""
         if not image:
-            raise gr.Error("upload an image first (PNG, JPEG or WebP), or pick one of the examples")
+            raise refuse("upload an image first (PNG, JPEG or WebP), or pick one of the examples")
         height, width = parse_resolution(resolution)
         kwargs = dict(
             mode="i2v",
@@ -320,7 +325,7 @@ class Handlers:
     ):
         """Text -> video (AnimateDiff, or SD 2.1 image then SVD). Returns (video, [mp4, json], info)."""
         if not prompt or not str(prompt).strip():
-            raise gr.Error("write a prompt first: describe the video you want")
+            raise refuse("write a prompt first: describe the video you want")
         height, width = parse_resolution(resolution)
         kwargs = dict(
             mode="t2v",
@@ -343,7 +348,7 @@ class Handlers:
     def vae(self, variant: str = "sd21"):
         """The CV-VAE of ``variant`` (``sd21`` or ``sd3``) for reconstruction, loaded lazily once and shared."""
         if variant not in VAE_VARIANTS:
-            raise gr.Error(f"CV-VAE variant must be one of {', '.join(VAE_VARIANTS)}, got {variant!r}")
+            raise refuse(f"CV-VAE variant must be one of {', '.join(VAE_VARIANTS)}, got {variant!r}")
         with self._vae_lock:
             if variant not in self._vaes:
                 from cvvae.loading import load_vae
@@ -367,7 +372,7 @@ class Handlers:
         from cvvae.video import probe
 
         if not video:
-            raise gr.Error("upload a video first (MP4, WebM or MOV), or pick the example")
+            raise refuse("upload a video first (MP4, WebM or MOV), or pick the example")
         variant = variant or "sd21"
         with user_errors("reconstruction", upload=video):
             info = probe(video)
@@ -376,8 +381,10 @@ class Handlers:
             h, w = size or (info.height, info.width)
             self.check_budget(frames, h, w)
             changes = tiling_changes(tiling)
-            progress(0, desc="loading CV-VAE (once)")
+            if variant not in self._vaes:
+                progress(0, desc="loading CV-VAE (first run only)")
             vae = self.vae(variant)
+            progress(None, desc=f"reconstructing {frames} frame{'s' * (frames != 1)} (encode + decode)")
             out = self.output_path("reconstruct")
             with self.gpu_lock:
                 res = reconstruct_file(
@@ -432,7 +439,7 @@ class Handlers:
         from cvvae.video import read_video
 
         if not image:
-            raise gr.Error("upload an image first (PNG, JPEG or WebP), or pick one of the examples")
+            raise refuse("upload an image first (PNG, JPEG or WebP), or pick one of the examples")
         height, width = parse_resolution(resolution)
         base = dict(mode="i2v", image=str(image), seed=as_number("seed", seed), height=height, width=width)
         base.update(
@@ -473,7 +480,7 @@ class Handlers:
         from cvvae.video import read_image
 
         if not str(prompt or "").strip():
-            raise gr.Error("write a prompt first")
+            raise refuse("write a prompt first")
         height, width = parse_resolution(resolution)
         base = dict(mode="t2i", prompt=str(prompt), seed=as_number("seed", seed), height=height, width=width)
         base["steps"] = as_number("steps", steps)

@@ -36,6 +36,13 @@ TILING = [  # labels of the choices cvvae.tiling.tiling_changes understands (TIL
     ("8 frames per window", "8"),
     ("8 frames, 256 px tiles (least memory)", "8/256"),
 ]
+T2V_PROMPTS = [["a red fox running through snow, cinematic"], ["a lighthouse at dusk, waves breaking on the rocks"]]
+# Small results (the tiny preset's 64x64 images) fill their panel with sharp pixels instead of sitting
+# small in the middle of it.
+CSS = (
+    ".result-image .image-frame, .result-image img {width: 100% !important; height: 100% !important;}"
+    " .result-image img {object-fit: contain !important; image-rendering: pixelated;}"
+)
 SETTING_DEFAULTS = GenerationSettings()  # motion bucket, guidance, noise augmentation
 INTRO = (
     "# CV-VAE video generation\n"
@@ -216,7 +223,10 @@ def _i2v_tab(h: Handlers, d: UIDefaults):
 def _t2v_tab(h: Handlers, d: UIDefaults):
     with gr.Row():
         with gr.Column():
-            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red fox running through snow, cinematic")
+            prompt = gr.Textbox(
+                label="Prompt", lines=2, placeholder="Describe the video to generate (required)", elem_id="t2v-prompt"
+            )
+            gr.Examples(T2V_PROMPTS, [prompt], label="Example prompts")
             negative = gr.Textbox(label="Negative prompt", value="blurry, low quality, watermark")
             backbone = gr.Radio(d.t2v_backbones, value=d.t2v_backbone, label="Backbone")
             seed = _seed_control()
@@ -277,9 +287,20 @@ def _compare_svd(h: Handlers, d: UIDefaults):
             with gr.Row():
                 native = gr.Video(label="Backbone VAE", elem_id="compare-native", autoplay=True, loop=True)
                 cv = gr.Video(label="CV-VAE", elem_id="compare-cvvae", autoplay=True, loop=True)
-                ad = gr.Video(label="CV-VAE + adapter", elem_id="compare-adapter", autoplay=True, loop=True)
+                ad = gr.Video(
+                    label="CV-VAE + adapter", elem_id="compare-adapter", autoplay=True, loop=True, visible=False
+                )
             table = gr.Markdown(elem_id="compare-info")
             files = gr.File(label="Download", file_count="multiple", interactive=False)
+    # the third panel shows only when an adapter is chosen
+    adapter.change(
+        lambda name: gr.Video(visible=bool(name) and name != ADAPTER_NONE),
+        adapter,
+        ad,
+        queue=False,
+        show_progress="hidden",
+        api_visibility="private",
+    )
     _gpu_event(
         run,
         h.compare,
@@ -305,8 +326,12 @@ def _compare_sd3(h: Handlers, d: UIDefaults):
             run, stop = _run_buttons("compare-sd3")
         with gr.Column(scale=2):
             with gr.Row():
-                native = gr.Image(label="SD3 VAE", elem_id="compare-sd3-native", interactive=False)
-                cv = gr.Image(label="CV-VAE-SD3", elem_id="compare-sd3-cvvae", interactive=False)
+                native = gr.Image(
+                    label="SD3 VAE", elem_id="compare-sd3-native", elem_classes="result-image", interactive=False
+                )
+                cv = gr.Image(
+                    label="CV-VAE-SD3", elem_id="compare-sd3-cvvae", elem_classes="result-image", interactive=False
+                )
             table = gr.Markdown(elem_id="compare-sd3-info")
             files = gr.File(label="Download", file_count="multiple", interactive=False)
     _gpu_event(
@@ -320,7 +345,8 @@ def build_demo(handlers: Handlers, defaults: UIDefaults | None = None) -> gr.Blo
     with gr.Blocks(title="CV-VAE video generation", delete_cache=UPLOAD_CLEANUP) as demo:
         gr.Markdown(INTRO)
         if handlers.config.notice:
-            gr.Markdown(f"⚠️ **{handlers.config.notice}**", elem_id="notice")
+            notice = handlers.config.notice
+            gr.Markdown(f"⚠️ **{notice[:1].upper()}{notice[1:]}**", elem_id="notice")
         with gr.Tabs():
             with gr.Tab("Image to video", id="i2v"):
                 _i2v_tab(handlers, d)
@@ -330,9 +356,18 @@ def build_demo(handlers: Handlers, defaults: UIDefaults | None = None) -> gr.Blo
                 _reconstruct_tab(handlers, d)
             with gr.Tab("Compare", id="compare"):
                 _compare_tab(handlers, d)
-        gr.Markdown(f"Preset **{handlers.config.preset}** · results are saved in `{handlers.config.outputs}`")
+        outputs = shown_path(handlers.config.outputs)
+        gr.Markdown(f"Preset **{handlers.config.preset}** · results are saved in `{outputs}`")
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     return demo
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as the page shows it: relative to the working folder when inside it (``outputs``)."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def launch(demo: gr.Blocks, handlers: Handlers, host="127.0.0.1", port=7860, share=False, max_upload=MAX_UPLOAD, **kw):
@@ -345,5 +380,6 @@ def launch(demo: gr.Blocks, handlers: Handlers, host="127.0.0.1", port=7860, sha
         max_file_size=max_upload,
         footer_links=["api", "settings"],
         theme=gr.themes.Soft(),
+        css=CSS,
         **kw,
     )

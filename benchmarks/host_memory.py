@@ -1,6 +1,6 @@
 """Peak host memory (RSS) of ``python -m cvvae reconstruct`` against the clip's length (CPU).
 
-    python -m benchmarks.host_memory --video ../shared/data/videos/19216241-hd_1280_720_30fps.mp4 \
+    python -m benchmarks.host_memory --video CV-VAE/data/19216241-hd_1280_720_30fps.mp4 \
         --frames 60 349 --size 64 96
 
 Each length runs in a fresh process (so peaks do not mix) that reads the clip frame by frame, resized

@@ -14,7 +14,7 @@ the same window and tile settings for
   the settings' halos.
 
 ``--model random`` is a small model of the released structure with random weights (chaotic: every
-difference is amplified), ``nano`` the small trained model shipped in ``assets/nano``. Seconds are CPU
+difference is amplified), ``nano`` the small trained model shipped in ``cvvae/weights/nano``. Seconds are CPU
 seconds for the whole clip and each tiled run (one thread); "work" is that of the full-resolution
 stages relative to the whole clip (``cvvae.tiling.work``: boxes with their halos, times passes).
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 
+from . import quiet
 from .errors import InputError, ModelLoadError, UserError
 from .version import __version__
 
@@ -30,3 +31,6 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+quiet.install()

@@ -14,9 +14,9 @@ from .model import MODEL_CLASSES, CVVAEModel, CVVAESD3Model, _CVVAEFamily
 TINY_VAE_CONFIG = dict(ch=8, ch_mult=(1, 1, 2, 2), norm_num_groups=4, num_res_blocks=1)
 TINY_SD3_CONFIG = dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4)
 RANDOM_WEIGHTS_NOTICE = "outputs come from RANDOM weights (the 'tiny' preset): they show the mechanics, not quality"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Named models shipped in the repository (folders with config.json + safetensors).
-NAMED_MODELS = {"nano": REPO_ROOT / "assets" / "nano" / "cvvae"}
+# Named models shipped inside the package (package data: config.json + safetensors), so they work
+# from a clone, an editable install and a plain ``pip install .`` alike.
+NAMED_MODELS = {"nano": Path(__file__).resolve().parent / "weights" / "nano" / "cvvae"}
 
 
 def build_tiny_vae(seed: int = 0, variant: str = "sd21") -> _CVVAEFamily:

@@ -62,6 +62,8 @@ def cmd_evaluate(args) -> int:
     )
     report = evaluate(settings)
     print(report["markdown"])
+    if report.get("notice"):
+        print(f"note: {report['notice']}")
     return 0
 
 

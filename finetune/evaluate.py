@@ -143,6 +143,11 @@ def evaluate(s: EvalSettings) -> dict:
     summary = {k: {m: _mean([r[k].get(m) for r in rows]) for m in METRICS} for k in ("base", "adapted")}
     report = {"settings": asdict(s), "clips": rows, "summary": summary}
     report["markdown"] = markdown_table(rows, summary)
+    if s.preset == "tiny":  # say so in every copy of the report, not only on the terminal
+        from cvvae.loading import RANDOM_WEIGHTS_NOTICE
+
+        report["notice"] = RANDOM_WEIGHTS_NOTICE
+        report["markdown"] = f"**Note**: {RANDOM_WEIGHTS_NOTICE}\n\n" + report["markdown"]
     write_json_atomic(out / "report.json", report)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(report["markdown"], encoding="utf-8")

@@ -112,6 +112,19 @@ def test_weights_reachable_online_or_cached(monkeypatch):
 
 
 # ---- handlers with the tiny preset -------------------------------------------------------------------
+def test_reconstruct_progress_says_what_runs(handlers):
+    shown = []
+
+    def progress(value, desc=None, **kwargs):
+        shown.append(desc)
+
+    handlers.reconstruct(str(CLIP), 1, "128", "off", progress=progress)
+    assert shown == ["loading CV-VAE (first run only)", "reconstructing 1 frame (encode + decode)"]
+    shown.clear()
+    handlers.reconstruct(str(CLIP), 1, "128", "off", progress=progress)
+    assert shown == ["reconstructing 1 frame (encode + decode)"]  # loaded once: no loading message again
+
+
 def test_reconstruct_handler_writes_side_by_side_and_metrics(handlers):
     model_tiling = handlers.vae().tiling
     video, files, info = handlers.reconstruct(str(CLIP), 5, "128", "8/128")
@@ -133,20 +146,28 @@ def test_reconstruct_handler_writes_side_by_side_and_metrics(handlers):
 
 
 def test_handlers_refuse_bad_input_with_actionable_errors(handlers, tmp_path):
-    with pytest.raises(gr.Error, match="upload a video"):
-        handlers.reconstruct(None, 5, "128", "off")
     bad = tmp_path / "notes.mp4"
     bad.write_text("this is not a video")
-    with pytest.raises(gr.Error, match="notes.mp4"):
-        handlers.reconstruct(str(bad), 5, "128", "off")
-    with pytest.raises(gr.Error, match="upload an image"):
-        handlers.image_to_video(None, 0, 2, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
-    with pytest.raises(gr.Error, match="min_guidance"):
-        handlers.image_to_video(str(IMAGE), 0, 2, 4.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
-    with pytest.raises(gr.Error, match="prompt"):
-        handlers.text_to_video("   ", "", "animatediff", 0, 2, 7.5, 8, 2, "64x64", "off")
-    with pytest.raises(gr.Error, match="upload an image"):
-        handlers.compare(None, 0, 2, 2, "64x64", ADAPTER_NONE)
+    cases = [
+        ("upload a video", lambda: handlers.reconstruct(None, 5, "128", "off")),
+        ("notes.mp4", lambda: handlers.reconstruct(str(bad), 5, "128", "off")),
+        (
+            "upload an image",
+            lambda: handlers.image_to_video(None, 0, 2, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", "none"),
+        ),
+        (
+            "min_guidance",
+            lambda: handlers.image_to_video(str(IMAGE), 0, 2, 4.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", "none"),
+        ),
+        ("prompt", lambda: handlers.text_to_video("   ", "", "animatediff", 0, 2, 7.5, 8, 2, "64x64", "off")),
+        ("prompt", lambda: handlers.compare_sd3("", 0, 2, "64x64")),
+        ("upload an image", lambda: handlers.compare(None, 0, 2, 2, "64x64", ADAPTER_NONE)),
+        ("multiples of 64", lambda: handlers.compare(str(IMAGE), 0, 2, 2, "100x60", ADAPTER_NONE)),
+    ]
+    for match, call in cases:
+        with pytest.raises(gr.Error, match=match) as err:
+            call()
+        assert err.value.print_exception is False, match  # a message in the page, no traceback in the log
     assert list(handlers.config.outputs.glob("*")) == []  # nothing partial left behind
 
 

@@ -39,7 +39,10 @@ def page(tmp_path_factory):
     if CHROMIUM is None:
         pytest.skip("no chromium executable on PATH (install it with: apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    handlers = Handlers(AppConfig(preset="tiny", outputs=tmp_path_factory.mktemp("browser-outputs")))
+    # run as a user would, from a working folder with ./outputs (the page names the folder relative to it)
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("browser-cwd"))
+    handlers = Handlers(AppConfig(preset="tiny", outputs=Path("outputs")))
     demo = build_demo(handlers)  # tiny preset defaults: 2 steps, 3 latents (9 frames), 64x64
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,6 +60,7 @@ def page(tmp_path_factory):
             browser.close()
     finally:
         demo.close()
+        os.chdir(cwd)
 
 
 def _wait_for_video(page, elem_id: str) -> dict:
@@ -93,8 +97,10 @@ def _tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
-def test_notice_is_visible(page):
-    assert "RANDOM" in page.locator("#notice").inner_text()
+def test_notice_and_outputs_folder_are_visible(page):
+    notice = page.locator("#notice").inner_text()
+    assert "RANDOM" in notice and notice.lstrip("⚠️ ")[0].isupper()
+    assert page.get_by_text("results are saved in outputs").is_visible()
 
 
 def test_image_to_video_in_browser(page):
@@ -129,15 +135,22 @@ def test_bad_upload_shows_error_then_reconstruct_works(page, tmp_path):
     _screenshot(page, "reconstruct")
 
 
-def test_text_to_video_tab_renders(page):
+def test_text_to_video_in_browser(page):
     _tab(page, "Text to video")
-    page.locator("#t2v-run").wait_for(state="visible")
-    page.get_by_label("Prompt", exact=True).fill("a red fox running through snow")
+    page.locator("#t2v-run").click()  # no prompt yet: a message, not a traceback
+    page.locator(".toast-body.error", has_text="write a prompt first").wait_for(state="visible")
+    _close_toasts(page)
+    page.locator("#t2v-prompt textarea").fill("a red fox running through snow")
+    page.locator("#t2v-run").click()
+    info = _wait_for_video(page, "t2v-video")
+    assert (info["w"], info["h"]) == (64, 64) and info["d"] > 0
+    assert "RANDOM" in page.locator("#t2v-info").inner_text()
     _screenshot(page, "text-to-video")
 
 
 def test_compare_in_browser(page):
     _tab(page, "Compare")
+    assert not page.locator("#compare-adapter").is_visible()  # no adapter chosen: no empty third panel
     _upload(page, "compare-image", EXAMPLES / "coffee.jpg")
     page.locator("#compare-image img").wait_for(state="visible")
     page.locator("#compare-run").click()
@@ -160,4 +173,7 @@ def test_compare_sd3_in_browser(page):
     assert not page.locator(".toast-body.error").all_inner_texts()
     page.locator("#compare-sd3-native img").wait_for(state="visible")
     assert "CV-VAE-SD3 vs SD3's VAE" in page.locator("#compare-sd3-info").inner_text()
+    # the 64x64 images of the tiny preset are drawn at the panel's size, not as a small square in it
+    drawn = page.evaluate("() => document.querySelector('#compare-sd3-cvvae img').getBoundingClientRect().width")
+    assert drawn > 3 * 64
     _screenshot(page, "compare-sd3")

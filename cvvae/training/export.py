@@ -1,4 +1,4 @@
-"""``python -m cvvae.training.export CVVAE_DIR VAE2D_DIR OUT_DIR``: fp16 copies for shipping (e.g. assets/nano)."""
+"""``python -m cvvae.training.export CVVAE_DIR VAE2D_DIR OUT_DIR``: fp16 copies for shipping (cvvae/weights/nano)."""
 
 from __future__ import annotations
 
