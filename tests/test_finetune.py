@@ -260,13 +260,14 @@ def test_evaluate_and_training_samples(cache):
         preset="tiny",
         seeds=[0],
         steps=2,
-        num_latent_frames=2,
+        num_latent_frames=3,
         height=64,
         width=64,
     )
     report = evaluate(s)
     row = report["clips"][0]
-    assert set(row["base"]) >= {"frame_difference", "warping_error"}
+    assert set(row["base"]) >= {"frame_difference", "warping_error", "motion", "group_seam", "group_pulse"}
+    assert "motion (px/frame)" in report["markdown"]  # flicker is never shown without the motion beside it
     assert (root / "eval" / "grids" / "clip0_seed0.mp4").is_file() and (root / "eval" / "report.md").is_file()
     assert "| **mean** |" in report["markdown"]
 
