@@ -65,3 +65,19 @@ def test_host_memory_benchmark_measures_fresh_processes(tmp_path, capsys):
     host_memory.main(["--video", str(CLIP), "--frames", "5", "9", "--size", "32", "48", "--repeat", "1"])
     runs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(runs) == {"5", "9"} and all(0.1 < gb[0] < 8 for gb in runs.values())
+
+
+def test_gpu_script_dry_run_writes_every_step(tmp_path):
+    """benchmarks/gpu.sh --dry-run: the steps of the GPU run at tiny sizes on the CPU, each with its figures."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    run = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    steps = [line.split()[0] for line in (tmp_path / "summary.txt").read_text().splitlines()]
+    assert steps == ["gpu-tests", "vae-speed", "svd-speed", "finetune-speed"]
+    assert (tmp_path / "vae" / "vae_speed.json").is_file() and (tmp_path / "svd" / "svd_speed_generate.md").is_file()
