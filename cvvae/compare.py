@@ -111,9 +111,9 @@ def check_spec(spec: str) -> str:
     )
 
 
-def slug(text: str, length: int = 40) -> str:
-    """A file-name-safe form of ``text`` with a short hash (distinct texts, distinct slugs)."""
-    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+def slug(text: str, length: int = 40, unique: str | None = None) -> str:
+    """A file-name-safe form of ``text`` with a short hash of ``unique`` (default ``text``): distinct, readable."""
+    digest = hashlib.sha1((unique or text).encode()).hexdigest()[:8]
     return f"{re.sub(r'[^A-Za-z0-9]+', '-', text).strip('-')[:length]}-{digest}"
 
 
@@ -142,7 +142,7 @@ def read_clips(paths: list[str], protocol: Protocol) -> list[Clip]:
                 f"{protocol.stride}, and the protocol needs {need} (--frames)"
             )
         resolved = str(Path(path).resolve())
-        clips.append(Clip(str(path), slug(f"{Path(path).stem} {resolved}", 30), frames, fps))
+        clips.append(Clip(str(path), slug(Path(path).stem, 30, resolved), frames, fps))
     if len({c.key for c in clips}) < len(clips):
         raise InputError("a clip is given twice")
     sizes = {c.frames.shape[1:3] for c in clips}

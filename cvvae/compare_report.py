@@ -163,7 +163,7 @@ def plot(summary: list[dict], path: Path) -> Path | None:
     counts = sorted({e["frames"] for e in entries})
     panels = [("psnr", "PSNR dB ↑"), ("ssim", "SSIM ↑"), ("lpips", "LPIPS ↓"), ("warping_error", "warping error ↓")]
     panels += [("encode_s", "encode s ↓"), ("decode_s", "decode s ↓")]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), constrained_layout=True)
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7), layout="constrained")
     width = 0.8 / len(counts)
     for ax, (key, title) in zip(axes.flat, panels):
         for j, n in enumerate(counts):
@@ -177,7 +177,8 @@ def plot(summary: list[dict], path: Path) -> Path | None:
         ax.set_title(title if any(e[key] is not None for e in entries) else f"{title} (not measured)")
         ax.set_xticks(np.arange(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
+    handles, labels = axes.flat[3].get_legend_handles_labels()  # the flicker panel also has the input's line
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9)
     if any(e.get("random_weights") for e in entries):
         fig.suptitle(f"† {RANDOM_NOTE}", fontsize=9, color="firebrick")
     with atomic_path(path) as tmp:
