@@ -254,7 +254,8 @@ class PeakMemory:
         self.base = self.peak = _rss()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
+        if self.base is not None:  # no /proc: nothing to sample, ``mib`` stays None
+            self.thread.start()
         return self
 
     def _sample(self) -> None:
@@ -267,8 +268,8 @@ class PeakMemory:
             self.mib = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
             return False
         self.stop.set()
-        self.thread.join()
         if self.base is not None:
+            self.thread.join()
             self.mib = (max(self.peak, _rss() or 0) - self.base) / 2**20
         return False
 
