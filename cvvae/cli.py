@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run_decode)
 
     _add_generate_parser(sub)
+    _add_compare_parser(sub)
     return parser
 
 
@@ -362,6 +363,60 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     if args.preset == "tiny":
         print(f"note: {RANDOM_WEIGHTS_NOTICE}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def _add_compare_parser(subparsers) -> None:
+    p = subparsers.add_parser("compare", help="measure video VAEs on the same clips by the same protocol")
+    p.add_argument("clips", nargs="+", metavar="CLIP", help="videos to measure every VAE on")
+    p.add_argument(
+        "--vae",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="cvvae, cvvae-v1, cvvae-sd3, sd21-vae, svd-temporal, nano, nano-2d, tiny, tiny-wan (random), ..., "
+        "Class:hub_id[/subfolder] (e.g. AutoencoderKLWan:Wan-AI/Wan2.1-T2V-1.3B-Diffusers/vae) or a CV-VAE folder; "
+        "repeatable",
+    )
+    p.add_argument("--out", default="runs/compare", help="results folder; a run there resumes (default runs/compare)")
+    p.add_argument("--frames", default="17,33", help="frame counts from the start of each clip (default 17,33)")
+    p.add_argument("--size", default="256x256", help="HEIGHTxWIDTH, or 'native' (default 256x256)")
+    p.add_argument("--resize", choices=("crop", "stretch"), default="crop", help="crop (default) or stretch")
+    p.add_argument("--start", type=int, default=0, help="first frame index (default 0)")
+    p.add_argument("--stride", type=_positive_int, default=1, help="take every K-th frame (default 1)")
+    p.add_argument("--sample", action="store_true", help="sample the posterior (seeded) instead of its mode")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None, help="default: each VAE's own")
+    p.add_argument("--no-tiling", action="store_true", help="whole clips instead of each VAE's own tiling")
+    p.add_argument("--lpips", default=None, help="LPIPS weights (default: $CVVAE_LPIPS_WEIGHTS; else no LPIPS)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from .compare import Protocol, compare, parse_frames, parse_size
+    from .devices import resolve_device
+
+    protocol = Protocol(
+        frames=parse_frames(args.frames),
+        size=parse_size(args.size),
+        resize=args.resize,
+        start=args.start,
+        stride=args.stride,
+        sample=args.sample,
+        seed=args.seed,
+        tiling=not args.no_tiling,
+        dtype=args.dtype,
+        device=str(resolve_device(args.device)),
+    )
+    result = compare(args.clips, args.vae, args.out, protocol, args.lpips, progress=not args.quiet)
+    print(result["markdown"])
+    files = result["files"]
+    print(f"wrote {files['markdown']}, {files['json']}, {files['plot']} and {len(files['grids'])} grid video(s)")
     return 0
 
 

@@ -44,6 +44,7 @@ class VideoVAE:
     causal: bool = True
     scaling: LatentScaling | None = None
     random_weights: bool = False
+    image_vae: str | None = None  # spec of the image VAE whose latents these match (SD compatibility), if any
     module: torch.nn.Module
 
     # ---- frame arithmetic -------------------------------------------------------------------------
@@ -245,6 +246,7 @@ class VideoVAEKind:
     spatial: Callable[[dict], int]
     channels: Callable[[dict], int]
     causal: bool = True
+    frames_first: bool = False  # decode returns [B, T, C, H, W] (Allegro's tiled decode; its pipeline permutes)
 
 
 def _levels(key: str = "block_out_channels") -> Callable[[dict], int]:
@@ -273,7 +275,7 @@ VIDEO_VAE_KINDS = {
         _get("temporal_compression_ratio", 8), _get("spatial_compression_ratio", 8), _get("latent_channels")
     ),
     "AutoencoderKLAllegro": VideoVAEKind(
-        _get("temporal_compression_ratio", 4), _levels(), _get("latent_channels"), causal=False
+        _get("temporal_compression_ratio", 4), _levels(), _get("latent_channels"), causal=False, frames_first=True
     ),
 }
 
@@ -288,7 +290,7 @@ class DiffusersVideoVAE(VideoVAE):
         kind, config = VIDEO_VAE_KINDS[cls], dict(model.config)
         self.module, self.name, self.random_weights = model, name or cls, random_weights
         self.temporal_factor, self.spatial_factor = kind.temporal(config), kind.spatial(config)
-        self.latent_channels, self.causal = kind.channels(config), kind.causal
+        self.latent_channels, self.causal, self.frames_first = kind.channels(config), kind.causal, kind.frames_first
         scale = config.get("scaling_factor")
         self.scaling = LatentScaling(float(scale), float(config.get("shift_factor") or 0.0)) if scale else None
         if tiling and hasattr(model, "enable_tiling"):
@@ -301,7 +303,8 @@ class DiffusersVideoVAE(VideoVAE):
         return _mode_or_sample(self.module.encode(x).latent_dist, sample, generator)
 
     def decode(self, z):
-        return self.module.decode(self.place(z)).sample
+        x = self.module.decode(self.place(z)).sample
+        return x.transpose(1, 2) if self.frames_first else x  # [B, T, C, H, W] -> [B, C, T, H, W]
 
 
 # ----------------------------------------------------------------------------- the one loader
@@ -344,14 +347,16 @@ def _cast(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
     return module.eval()
 
 
-def _cvvae(model: str, subfolder: str | None = None, variant: str | None = None, label: str | None = None):
+def _cvvae(model: str, subfolder=None, variant=None, label=None, image_vae: str | None = None):
     def load(device=None, dtype=None, tiling: dict | None = None, allow_pickle=False, **options) -> VideoVAE:
         from .hub import model_label
         from .loading import load_vae
 
         where = options.get("subfolder") or subfolder
         vae = load_vae(model, where, device=device, dtype=dtype, variant=variant, allow_pickle=allow_pickle)
-        return CVVAE(vae, label or model_label(model, where), tiling, random_weights=model == "tiny")
+        out = CVVAE(vae, label or model_label(model, where), tiling, random_weights=model == "tiny")
+        out.image_vae = image_vae
+        return out
 
     return load
 
@@ -391,10 +396,10 @@ def _builtin_specs() -> None:
 
     sd21, svd = "stabilityai/stable-diffusion-2-1-base", "stabilityai/stable-video-diffusion-img2vid-xt"
     for name, load, text in (
-        ("cvvae", _cvvae(CVVAE_HUB_ID, "vae3d_v1-1"), "CV-VAE v1.1 (SD 2.1 / SVD latents), the release"),
-        ("cvvae-v1", _cvvae(CVVAE_HUB_ID, "vae3d"), "CV-VAE v1 (the first release)"),
+        ("cvvae", _cvvae(CVVAE_HUB_ID, "vae3d_v1-1", image_vae="sd21-vae"), "CV-VAE v1.1 (SD 2.1 / SVD latents)"),
+        ("cvvae-v1", _cvvae(CVVAE_HUB_ID, "vae3d", image_vae="sd21-vae"), "CV-VAE v1 (the first release)"),
         ("cvvae-sd3", _cvvae(CVVAE_HUB_ID, SD3_SUBFOLDER, "sd3"), "CV-VAE for SD3 (16 latent channels)"),
-        ("nano", _cvvae("nano"), "nano CV-VAE trained on a CPU, shipped with the project"),
+        ("nano", _cvvae("nano", image_vae="nano-2d"), "nano CV-VAE trained on a CPU, shipped with the project"),
         ("nano-2d", _nano_2d, "the nano CV-VAE's 2-D image VAE, frame by frame"),
         ("tiny", _cvvae("tiny"), "tiny CV-VAE with RANDOM weights (mechanics only)"),
         ("tiny-sd3", _cvvae("tiny", variant="sd3"), "tiny CV-VAE-SD3 with RANDOM weights (mechanics only)"),

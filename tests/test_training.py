@@ -151,7 +151,7 @@ def _lpips_source() -> Path:
 
 
 def test_lpips_consistency():
-    from cvvae.training.lpips import load_lpips
+    from cvvae.lpips import load_lpips
 
     lp = load_lpips(_lpips_source())
     torch.manual_seed(0)
@@ -164,7 +164,7 @@ def test_lpips_consistency():
 
 
 def test_lpips_conversion_round_trip(tmp_path):
-    from cvvae.training.lpips import main, read_lpips_weights
+    from cvvae.lpips import main, read_lpips_weights
 
     src = _lpips_source()
     out = tmp_path / "alex.safetensors"
@@ -174,7 +174,7 @@ def test_lpips_conversion_round_trip(tmp_path):
 
 
 def test_lpips_refuses_non_numpy_pickles(tmp_path):
-    from cvvae.training.lpips import read_lpips_weights
+    from cvvae.lpips import read_lpips_weights
 
     bad = tmp_path / "alexnet.ckpt"
     bad.write_bytes(pickle.dumps({"x": io.BytesIO(b"")}))

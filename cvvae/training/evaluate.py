@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     vae2d = load_frozen_vae2d(args.vae2d)
     lpips = None
     if args.lpips:
-        from .lpips import load_lpips
+        from ..lpips import load_lpips
 
         lpips = load_lpips(args.lpips)
     windows = held_out_windows(args.videos, args.short_side, args.frames, args.holdout, args.max_windows, "runs/cache")

@@ -109,7 +109,7 @@ class Trainer:
         self.model, self.vae2d = self._models()
         lpips = None
         if cfg.loss.lpips_weight > 0:
-            from .lpips import load_lpips
+            from ..lpips import load_lpips
 
             lpips = load_lpips(cfg.loss.lpips_weights)
         self.gen_loss = GeneratorLoss(cfg, self.model, self.vae2d, lpips)

