@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -36,6 +37,7 @@ SKIPPED = [
     (r"nano2-|CV-VAE/data|heldout_quality|cvvae\.training\.export", "needs the release's clips and hours of CPU"),
     (r"^python -m app( |$)", "a server that runs until stopped (tests/test_app_browser.py drives it)"),
     (r"svd_xt_conv_out\.yaml", "needs SVD-XT's weights and a GPU"),
+    (r"ACCELERATE_USE_CPU=1 accelerate launch", "tests/test_multiprocess.py runs it (free port, one thread each)"),
     (r"tiling_accuracy", "minutes of CPU per run (tests/test_tiling.py checks the same closeness)"),
 ]
 # Commands that must succeed here (small models); the others may instead give the clean weights error.
@@ -159,9 +161,20 @@ def clone(tmp_path_factory) -> Path:
 
 
 def _run(cmd: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``cmd`` in bash; on a timeout the whole process group goes (launchers leave workers behind)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PATH=PYTHON_BIN + os.pathsep + os.environ.get("PATH", ""))
     env["PYTHONPATH"] = str(cwd)  # as `python -m` from the root finds the packages
-    return subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(
+        ["bash", "-c", cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.slow
