@@ -211,6 +211,16 @@ class FrameConv2d(nn.Conv2d):
         return F.conv3d(x, self.weight.unsqueeze(2), self.bias, padding=(0, p, p))
 
 
+def temporal_reach(layer: nn.Module) -> int:
+    """Frames of future (and past) context a non-causal layer needs on each side in time: 0 for causal
+    layers (``CausalHistory`` carries their past) and per-frame ones."""
+    if isinstance(layer, Upsample):
+        return 1
+    if isinstance(layer, PlainConv3d):
+        return layer.kernel_size[0] // 2
+    return 0
+
+
 def make_conv(kind: str, cin: int, cout: int, kernel_size: int) -> nn.Module:
     """``kind`` is ``causal``, ``plain`` (3-D, zero padded in space), their ``-replicate`` forms (edge
     pixels replicated, the SD3 variant's) or ``frame`` (per-frame 2-D)."""
@@ -279,6 +289,8 @@ class ResBlock(nn.Module):
         def second(state: dict) -> None:
             state["h"] = self._shortcut(state.pop("skip")) + self.conv2(self.dropout(F.silu(state["h"])))
 
+        first.reach = temporal_reach(self.conv1)
+        second.reach = max(temporal_reach(self.conv2), temporal_reach(getattr(self, self.shortcut_name or "conv2")))
         return [keep, self.norm1, first, self.norm2, second]
 
 

@@ -225,9 +225,10 @@ def grid(settings: TilingSettings, latents: tuple[int, int, int], decoder: bool)
     """The temporal axis and the spatial tiles (pairs of ``Axis.items()``) of a clip of ``latents`` (n, h, w)."""
     n, h, w = latents
     ov = settings.overlap_latents
-    if decoder:  # a window's first latent decodes to one frame alone: one latent of lead gives it its other three
+    if decoder and settings.norm != "exact":
+        # a window's first latent decodes to one frame alone: one latent of lead gives it its other three
         t_axis = Axis.plan(n, settings.window_latents, settings.temporal_overlap, settings.temporal_halo, lead=1)
-    else:
+    else:  # back to back: causal history (encoder) or context from the neighbours in lockstep (exact decoder)
         t_axis = Axis.windows(n, settings.window_latents)
     tiles = list(product(Axis.plan(h, settings.tile_latents, ov, settings.halo).items(),
                          Axis.plan(w, settings.tile_latents, ov, settings.halo).items()))  # fmt: skip
@@ -292,6 +293,7 @@ def lockstep(steps: list, boxes: list[Box], clip: NormStats | None, before=None,
         return state if store is None else {k: v.to(store, non_blocking=True) for k, v in state.items()}
 
     states = [keep(state) for state in states]
+    index = {(box.window, box.tile): i for i, box in enumerate(boxes)}
     for step in steps:
         if isinstance(step, PooledGroupNorm):
             pooled = NormStats()
@@ -306,13 +308,35 @@ def lockstep(steps: list, boxes: list[Box], clip: NormStats | None, before=None,
                 state["h"] = step.normalize(state["h"], *pooled.get(id(step)))
                 states[i] = keep(state)
             continue
+        reach = getattr(step, "reach", 0)
+        # a non-causal layer's context in time: the edge frames of the same tile's neighbouring windows
+        edges = [(s["h"][:, :, :reach].clone(), s["h"][:, :, -reach:].clone()) for s in states] if reach else None
         for i, (state, box) in enumerate(zip(states, boxes)):
             if before is not None:
                 before(box)
             state = load(state)
-            step(state)
+            prev, nxt = index.get((box.window - 1, box.tile)), index.get((box.window + 1, box.tile))
+            if edges is None or (prev is None and nxt is None):
+                step(state)
+            else:
+                _step_with_context(step, state, reach, None if prev is None else edges[prev][1].to(device),
+                                   None if nxt is None else edges[nxt][0].to(device))  # fmt: skip
             states[i] = keep(state)
     return [state["h"].to(device) for state in states]
+
+
+def _step_with_context(step, state: dict, reach: int, before, after) -> None:
+    """``step`` on ``state["h"]`` with the frames ``before`` and ``after`` it in time, cropped back to its own frames
+    (a temporal upsampler's window that has a predecessor gives two frames for each of its own)."""
+    t = state["h"].shape[2]
+    state["h"] = torch.cat([x for x in (before, state["h"], after) if x is not None], dim=2)  # [B, C, t + context, ..]
+    step(state)
+    if getattr(step, "up", 1) == 1:
+        start, length = (0 if before is None else reach), t
+    else:  # input frame j -> outputs 2j - 1, 2j (frame 0 -> output 0 alone)
+        assert reach == 1, "a temporal upsampler needs one frame of context"
+        start, length = (0, 2 * t - 1) if before is None else (1, 2 * t)
+    state["h"] = state["h"][:, :, start : start + length]
 
 
 def _run(stage: nn.Module, boxes: list[Box], settings: TilingSettings, desc: str, causal: list | None = None) -> None:
@@ -445,7 +469,8 @@ def tiled_decode(
 
     def placer(tb, ts, tw, hb, hs, hw, wb, ws, ww, ready):
         def place(y: torch.Tensor) -> None:  # crop the halo, blend the span, release what is final
-            crop = y[:, :, _frames(_local(ts, tb)), 8 * (hs[0] - hb[0]) : 8 * (hs[1] - hb[0])]
+            frames = slice(None) if ts == tb else _frames(_local(ts, tb))  # back-to-back windows: all their frames
+            crop = y[:, :, frames, 8 * (hs[0] - hb[0]) : 8 * (hs[1] - hb[0])]
             crop = crop[..., 8 * (ws[0] - wb[0]) : 8 * (ws[1] - wb[0])]
             weight = _frame_weights(tw, ts)[:, None, None] * _pixels(hw)[:, None] * _pixels(ww)
             out.add((_frames(ts), slice(8 * hs[0], 8 * hs[1]), slice(8 * ws[0], 8 * ws[1])), crop * weight.to(crop))
@@ -461,7 +486,8 @@ def tiled_decode(
     for (wi, ti, (tb, ts, tc, tw), ((hb, hs, hc, hw), (wb, ws, wc, ww))), upto in zip(items, ready):
         latents = (tb[1] - tb[0], hb[1] - hb[0], wb[1] - wb[0])
         part = (slice(None), slice(None), slice(*tb), slice(*hb), slice(*wb))
-        core = BoxCore(latents, (*_local(tc, tb), *_local(hc, hb), *_local(wc, wb)))
+        t_core = (None, None) if tc == tb else _local(tc, tb)  # back-to-back windows own all their frames
+        core = BoxCore(latents, (*t_core, *_local(hc, hb), *_local(wc, wb)))
         boxes.append(
             Box(wi, ti, partial(features.__getitem__, part), core, placer(tb, ts, tw, hb, hs, hw, wb, ws, ww, upto))
         )
