@@ -64,18 +64,22 @@ class TilingSettings:
         temporal_halo: latent frames of real context around every decoder window.
         norm_passes: passes over the windows with ``norm="pooled"`` (2: record, apply; more refine).
         offload: keep the boxes waiting in lockstep on the CPU (accelerator memory holds one box).
+        auto: choose per call (:func:`choose`): the whole clip when its estimated peak memory fits the
+            device, otherwise the cheapest tiling that fits. Changing any other setting (or
+            ``enable_tiling()``) turns it off unless ``auto`` is given too.
     """
 
     frames_per_window: int | None = 16
     tile_size: int | None = 576
     overlap: float = 0.2222
     temporal_overlap: int | None = None
-    norm: str = "pooled"
+    norm: str = "exact"
     enabled: bool = True
     halo: int = 4
     temporal_halo: int = 3
     norm_passes: int = 2
     offload: bool = False
+    auto: bool = True
 
     def __post_init__(self) -> None:
         fpw, tile = self.frames_per_window, self.tile_size
@@ -93,6 +97,8 @@ class TilingSettings:
             )
         if self.norm not in NORM_MODES:
             raise InputError(f"norm must be one of {NORM_MODES}, got {self.norm!r}")
+        if not isinstance(self.auto, bool):
+            raise InputError(f"auto must be True or False, got {self.auto!r}")
         for name, low in (("halo", 0), ("temporal_halo", 0), ("norm_passes", 2)):
             value = getattr(self, name)
             if not _is_int(value) or not low <= value <= 64:
@@ -106,6 +112,8 @@ class TilingSettings:
             raise InputError(f"unknown tiling setting(s) {', '.join(unknown)}")
         if "frames_per_window" in changes and "temporal_overlap" not in changes:
             changes["temporal_overlap"] = None
+        if "auto" not in changes and (changes.get("enabled") is True or set(changes) - {"enabled", "offload"}):
+            changes["auto"] = False  # asked for tiling, or for particular settings: use them
         return replace(self, **changes)
 
     @property
@@ -246,6 +254,74 @@ def work(settings: TilingSettings, latents: tuple[int, int, int], decoder: bool)
     return volume * len(_passes(settings, len(t_axis))) / math.prod(latents)
 
 
+# ----------------------------------------------------------------------------- the default: what fits
+
+SAFETY = 0.9  # of the memory a device has free, what a choice may plan to use
+
+
+def choose(stage: nn.Module, x, settings: TilingSettings, decoder: bool, out_channels: int) -> TilingSettings:
+    """With ``settings.auto``: the whole clip when its estimated peak fits the device's free memory, else
+    the cheapest tiling that fits (exact windows, then exact windows and tiles, then the same with the waiting
+    boxes offloaded to the host, then pooled statistics: flat in the clip's length), else the smallest.
+    The choice, its estimate and why are kept in ``stage.tiling_choice`` (:func:`tiling_report`)."""
+    if not settings.auto or not settings.enabled:
+        stage.tiling_choice = {"mode": "whole" if not settings.enabled else "tiled", "reason": "settings given"}
+        return settings
+    from . import memory
+
+    param = next(stage.parameters())
+    device, dtype = param.device, getattr(x, "dtype", param.dtype)
+    shape = tuple(x.shape)
+    latents = (shape[2], shape[3], shape[4]) if decoder else (1 + (shape[2] - 1) // 4, shape[3] // 8, shape[4] // 8)
+    fixed = settings.replace(auto=False)
+    candidates = [("whole clip", fixed.replace(enabled=False, auto=False))]
+    candidates += [("exact windows", fixed.replace(norm="exact", tile_size=None, auto=False))]
+    candidates += [("exact windows and tiles", fixed.replace(norm="exact", auto=False))]
+    if device.type != "cpu":
+        candidates += [("exact, boxes offloaded to the host", fixed.replace(norm="exact", offload=True, auto=False))]
+    candidates += [("pooled statistics", fixed.replace(norm="pooled", auto=False))]
+    small = dict(frames_per_window=4, tile_size=min(128, fixed.tile_size or 128), auto=False)
+    candidates += [("pooled statistics, small boxes", fixed.replace(norm="pooled", **small))]
+    budget = int(memory.available(device) * SAFETY)
+    meta = memory.meta_copy(stage, dtype)
+    run = tiled_decode if decoder else tiled_encode
+    seen, tried = set(), []
+    for name, cand in candidates:
+        key = (repr(grid(cand, latents, decoder)), cand.norm if cand.enabled else None, cand.offload)
+        if key in seen:
+            continue
+        seen.add(key)
+        # offloaded lockstep keeps one box on the device: about the peak of one box at a time
+        probe = cand.replace(norm="tile", offload=False, auto=False) if cand.offload else cand
+        peak = memory.estimate_peak(
+            lambda probe=probe: run(meta, torch.empty(shape, dtype=dtype, device="meta"), probe, out_channels),
+            device,
+            dtype,
+        )
+        tried.append((name, cand, peak))
+        if peak <= budget:
+            break
+    name, cand, peak = min(tried, key=lambda t: t[2]) if tried[-1][2] > budget else tried[-1]
+    fits = "fits in" if peak <= budget else "is over (nothing fits: the smallest estimate)"
+    stage.tiling_choice = {
+        "mode": "whole" if not cand.enabled else "tiled",
+        "chosen": name,
+        "reason": f"estimated peak {peak / memory.GiB:.3f} GiB {fits} {budget / memory.GiB:.3f} GiB "
+        f"({SAFETY:.0%} of what {device.type} has free)",
+        "estimate_gib": round(peak / memory.GiB, 3),
+        "available_gib": round(budget / SAFETY / memory.GiB, 3),
+        "work": round(work(cand, latents, decoder), 3),
+        "settings": {f.name: getattr(cand, f.name) for f in fields(cand)},
+        "tried": {n: round(p / memory.GiB, 3) for n, _, p in tried},
+    }
+    return cand
+
+
+def tiling_report(vae: nn.Module) -> dict:
+    """What the last encode and decode chose (``choose``), for sidecars."""
+    return {k: getattr(getattr(vae, k + "r", None), "tiling_choice", None) for k in ("encode", "decode")}
+
+
 def _frames(span: tuple[int, int]) -> slice:
     """Latent frames ``[s, e)`` -> their video frames: latent 0 is frame 0, latent ``j`` frames ``4j - 3 .. 4j``."""
     s, e = span
@@ -348,7 +424,8 @@ def _run(stage: nn.Module, boxes: list[Box], settings: TilingSettings, desc: str
     clip, causal = NormStats(), causal or []
     steps = stage.high_steps()
     store = torch.device("cpu") if settings.offload else None
-    bar = tqdm(total=len(boxes) * len(passes), desc=desc, unit="tile", leave=False)
+    meta = next(stage.parameters()).is_meta  # a memory estimate
+    bar = tqdm(total=len(boxes) * len(passes), desc=desc, unit="tile", leave=False, disable=meta)
     try:
         for mode in passes:
             if mode in ("refine", "apply"):
@@ -392,6 +469,7 @@ def tiled_encode(encoder: nn.Module, x: torch.Tensor, settings: TilingSettings, 
     and haloed tiles; the latent-resolution stages run on the whole clip. ``x`` may also be anything
     with that ``shape`` that slices like it (``cvvae.model.PaddedFrames``): each box is sliced when it runs.
     """
+    settings = choose(encoder, x, settings, False, out_channels)
     b, _, frames, height, width = x.shape
     n, h, w = 1 + (frames - 1) // 4, height // 8, width // 8
     t_axis, tiles = grid(settings, (n, h, w), decoder=False)
@@ -455,6 +533,7 @@ def tiled_decode(
 
     With ``sink``, the frames are handed to it in order, in parts ``[B, 3, t, 8h, 8w]``, as soon as they
     are final (and then freed), and nothing is returned."""
+    settings = choose(decoder, z, settings, True, out_channels)
     b, _, n, h, w = z.shape
     t_axis, tiles = grid(settings, (n, h, w), decoder=True)
     if len(t_axis) * len(tiles) == 1:
