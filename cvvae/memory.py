@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
 GiB = 2**30
@@ -81,8 +81,8 @@ def meta_copy(module: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
 
 def estimate_peak(run: Callable[[], object], device: torch.device, dtype: torch.dtype) -> int:
     """Peak bytes of the tensors ``run()`` creates (on meta tensors) plus convolution scratch."""
-    with torch.no_grad(), _LiveBytes(conv_factor(device, dtype)) as live:
-        run()
+    with _disable_current_modes(), torch.no_grad(), _LiveBytes(conv_factor(device, dtype)) as live:
+        run()  # outside any mode the caller runs under (e.g. a FLOP counter)
     return live.peak
 
 
