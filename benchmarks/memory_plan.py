@@ -14,8 +14,7 @@ from unittest import mock
 
 import torch
 
-from cvvae import CVVAEModel
-from cvvae import memory
+from cvvae import CVVAEModel, memory
 from cvvae.devices import DTYPES
 from cvvae.tiling import choose
 
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(576, 1024))
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     parser.add_argument("--gib", type=float, default=24.0, help="free device memory to plan for")
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="whose convolution scratch to assume")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="scratch model to assume")
     args = parser.parse_args(argv)
     result = plan(args.frames, tuple(args.size), DTYPES[args.dtype], args.gib, args.device)
     for stage, c in result.items():

@@ -257,6 +257,7 @@ def work(settings: TilingSettings, latents: tuple[int, int, int], decoder: bool)
 # ----------------------------------------------------------------------------- the default: what fits
 
 SAFETY = 0.9  # of the memory a device has free, what a choice may plan to use
+_ESTIMATES: dict[tuple, int] = {}  # (stage, input shape, dtype, device type, candidate) -> estimated peak bytes
 
 
 def choose(stage: nn.Module, x, settings: TilingSettings, decoder: bool, out_channels: int) -> TilingSettings:
@@ -283,7 +284,7 @@ def choose(stage: nn.Module, x, settings: TilingSettings, decoder: bool, out_cha
     small = dict(frames_per_window=4, tile_size=min(128, fixed.tile_size or 128), auto=False)
     candidates += [("pooled statistics, small boxes", fixed.replace(norm="pooled", **small))]
     budget = int(memory.available(device) * SAFETY)
-    meta = memory.meta_copy(stage, dtype)
+    meta = None
     run = tiled_decode if decoder else tiled_encode
     seen, tried = set(), []
     for name, cand in candidates:
@@ -291,13 +292,19 @@ def choose(stage: nn.Module, x, settings: TilingSettings, decoder: bool, out_cha
         if key in seen:
             continue
         seen.add(key)
-        # offloaded lockstep keeps one box on the device: about the peak of one box at a time
-        probe = cand.replace(norm="tile", offload=False, auto=False) if cand.offload else cand
-        peak = memory.estimate_peak(
-            lambda probe=probe: run(meta, torch.empty(shape, dtype=dtype, device="meta"), probe, out_channels),
-            device,
-            dtype,
-        )
+        cached = (id(stage), shape, dtype, device.type, key)  # estimates are deterministic: batches pay once
+        if cached not in _ESTIMATES:
+            meta = meta or memory.meta_copy(stage, dtype)
+            # offloaded lockstep keeps one box on the device: about the peak of one box at a time
+            probe = cand.replace(norm="tile", offload=False, auto=False) if cand.offload else cand
+            _ESTIMATES[cached] = memory.estimate_peak(
+                lambda p=probe, m=meta: run(m, torch.empty(shape, dtype=dtype, device="meta"), p, out_channels),
+                device,
+                dtype,
+            )
+            while len(_ESTIMATES) > 512:
+                _ESTIMATES.pop(next(iter(_ESTIMATES)))
+        peak = _ESTIMATES[cached]
         tried.append((name, cand, peak))
         if peak <= budget:
             break
