@@ -23,6 +23,7 @@ from .devices import dtype_name
 from .errors import InputError
 from .model import CVVAEModel, TilingLike, video_frames
 from .outputs import atomic_path, check_output_path, sidecar_path
+from .tiling import tiling_report
 
 LATENTS_KEY = "latents"
 LATENTS_FORMAT = "cvvae-latents-v1"
@@ -101,6 +102,7 @@ def reconstruct_file(
         "seed": seed if sample else None,
         "side_by_side": side_by_side,
         "tiling": dataclasses.asdict(vae._tiling(tiling)),
+        "tiling_choice": tiling_report(vae),  # what the default chose per stage, its memory estimate and why
         "dtype": dtype_name(_place(vae)[1]),
         **result,
     }
