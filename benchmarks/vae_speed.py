@@ -3,6 +3,14 @@ depend on their values).
 
     python -m benchmarks.vae_speed --out benchmarks/results            # CUDA, full table
     python -m benchmarks.vae_speed --device cpu --small --repeats 1    # smoke test anywhere (seconds, fp32)
+    python -m benchmarks.vae_speed --device cpu --cases 33x64x64 --repeats 1 --threads 2 \
+        --tiling release default off exact                            # side by side with the release, CPU
+
+``--tiling``: ``default`` is the model's own default (whole clip when it fits, else the cheapest tiling
+that fits; the row records the choice and its memory estimate), ``off`` the whole clip, ``exact`` /
+``pooled`` / ``tile-norm`` tiling forced with those statistics, ``release`` the released implementation's
+algorithm at its defaults (16-frame chunks, 576 px tiles, overlap 0.2222; rewritten from its description in
+``benchmarks.tiling_accuracy``). Errors are against the fp32 whole clip, times also relative to ``release``.
 
 For each case (work, precision, tiling) it reports the median of ``--repeats`` synchronised runs
 after a warm-up, frames per second, peak memory, FLOPs (torch FlopCounterMode, counted once) and
@@ -28,6 +36,7 @@ from diffusers.utils import logging as diffusers_logging
 from torch.utils.flop_counter import FlopCounterMode
 
 from cvvae import CVVAEModel
+from cvvae.tiling import tiling_report
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -88,13 +97,37 @@ VARIANTS = {"eager": lambda m: m, "channels_last": channels_last, "compile": com
 
 def run_once(model: CVVAEModel, case: Case, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
+        if getattr(model, "release_algorithm", False):
+            from benchmarks.tiling_accuracy import release_decode, release_encode
+
+            args = (16, 576, 0.2222)  # the released config's en_de_n_frames_a_time, tile_spatial_size, ratio
+            if case.work == "encode":
+                return release_encode(model, model._pad(x), *args)
+            return release_decode(model, x, *args)
         if case.work == "encode":
             return model.encode(x).latent_dist.mean
         return model.decode(x).sample
 
 
-def time_case(model, case, x, device, repeats) -> tuple[float, float, torch.Tensor]:
-    y = run_once(model, case, x)  # warm-up (cuDNN autotuning, allocator)
+def set_tiling(model: CVVAEModel, tiling: str) -> CVVAEModel:
+    if tiling == "off":
+        model.disable_tiling()
+    elif tiling == "release":
+        model.release_algorithm = True
+    elif tiling != "default":
+        model.enable_tiling(norm={"tile-norm": "tile"}.get(tiling, tiling))
+    return model
+
+
+def parse_case(text: str) -> list[Case]:
+    """``FxHxW`` -> an encode and a decode case of F frames of H x W."""
+    f, h, w = (int(v) for v in text.lower().split("x"))
+    return [Case("encode", f, h, w), Case("decode", f, h, w)]
+
+
+def time_case(model, case, x, device, repeats, warmup=True) -> tuple[float, float, torch.Tensor]:
+    if warmup:
+        run_once(model, case, x)  # warm-up (cuDNN autotuning, allocator)
     times = []
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -131,7 +164,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dtypes", nargs="+", default=None, choices=list(DTYPES), help="default: bf16 fp16 on CUDA, fp32 on a CPU"
     )
-    parser.add_argument("--tiling", nargs="+", default=["default", "off"], choices=["default", "off", "tile-norm"])
+    parser.add_argument(
+        "--tiling",
+        nargs="+",
+        default=["default", "off"],
+        choices=["default", "off", "exact", "pooled", "tile-norm", "release"],
+    )
+    parser.add_argument("--cases", nargs="+", default=None, help="FxHxW clips instead of the built-in cases")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument(
         "--variants",
         nargs="+",
@@ -142,9 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small", action="store_true", help="tiny sizes and a tiny model (smoke test)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true", help="skip the fp32 error measurement")
+    parser.add_argument("--no-warmup", action="store_true", help="no warm-up run (the FLOP count runs first anyway)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
     args.dtypes = args.dtypes or (["bf16", "fp16"] if args.device == "cuda" else ["fp32"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
     diffusers_logging.set_verbosity_error()  # no dtype-cast notices between rows
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -152,24 +195,23 @@ def main(argv: list[str] | None = None) -> None:
     config = dict(ch=32, ch_mult=(1, 1, 2, 2), norm_num_groups=8) if args.small else {}
     torch.manual_seed(0)
     base = CVVAEModel(**config).eval()
-    cases = SMALL if args.small else FULL
+    cases = [c for text in args.cases for c in parse_case(text)] if args.cases else SMALL if args.small else FULL
     rows = []
     for case in cases:
         x = make_input(case, args.device)
         ref, flops = None, {}
         for tiling, name, variant in itertools.product(args.tiling, args.dtypes, args.variants):
-            model = copy.deepcopy(base).to(device=args.device, dtype=DTYPES[name])
-            if tiling == "off":
-                model.disable_tiling()
-            else:
-                model.enable_tiling(norm="tile" if tiling == "tile-norm" else "pooled")
+            model = set_tiling(copy.deepcopy(base).to(device=args.device, dtype=DTYPES[name]), tiling)
             row = dict(asdict(case), dtype=name, tiling=tiling, variant=variant)
             xd = x.to(DTYPES[name])
             try:
                 if (tiling, name) not in flops:  # the same for every variant: count on the eager model
                     flops[tiling, name] = count_flops(model, case, xd)
                 model = VARIANTS[variant](model)
-                sec, peak, y = time_case(model, case, xd, args.device, args.repeats)
+                sec, peak, y = time_case(model, case, xd, args.device, args.repeats, not args.no_warmup)
+                choice = tiling_report(model)["encode" if case.work == "encode" else "decode"] or {}
+                if "chosen" in choice:  # the default's choice and its memory estimate
+                    row.update(chosen=choice["chosen"], estimate_gib=choice["estimate_gib"], work_x=choice["work"])
                 row.update(
                     seconds=sec,
                     fps=case.frames / sec,
@@ -206,11 +248,16 @@ def write_reports(rows: list[dict], args) -> None:
         "s",
         "frames/s",
         "peak GiB",
+        "x release",
         "TFLOP",
-        "TFLOP/s",
+        "GFLOP/s",
         "max err",
+        "mean err",
         "PSNR vs fp32",
+        "chosen (est. GiB)",
     ]
+    release = {(r["work"], r["frames"], r["height"], r["width"], r["dtype"]): r.get("seconds") for r in rows
+               if r["tiling"] == "release"}  # fmt: skip
     lines = [
         f"Device: {device}, torch {torch.__version__}, median of {args.repeats} runs after warm-up.",
         "",
@@ -220,16 +267,20 @@ def write_reports(rows: list[dict], args) -> None:
     for r in rows:
         cells = [r["work"], r["frames"], f"{r['height']}x{r['width']}", r["dtype"], r["tiling"], r["variant"]]
         if "error" in r:
-            cells += [r["error"]] + [""] * 6
+            cells += [r["error"]] + [""] * 10
         else:
+            rel = release.get((r["work"], r["frames"], r["height"], r["width"], r["dtype"]))
             cells += [
                 f"{r['seconds']:.2f}",
                 f"{r['fps']:.1f}",
                 f"{r['peak_gib']:.2f}",
-                f"{r['tflop']:.1f}",
-                f"{r['tflops_per_s']:.0f}",
+                f"{r['seconds'] / rel:.2f}x" if rel else "",
+                f"{r['tflop']:.2f}",
+                f"{r['tflops_per_s'] * 1000:.0f}",
                 f"{r.get('max_abs_err', float('nan')):.3g}",
+                f"{r.get('mean_abs_err', float('nan')):.3g}",
                 f"{r.get('psnr_vs_fp32', float('nan')):.1f}",
+                f"{r['chosen']} ({r['estimate_gib']:.2f})" if "chosen" in r else "",
             ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     (args.out / "vae_speed.md").write_text("\n".join(lines) + "\n")

@@ -100,6 +100,7 @@ def reconstruct_file(
         "seed": seed if sample else None,
         "side_by_side": side_by_side,
         "tiling": vae.describe().get("tiling"),
+        "tiling_choice": vae.describe().get("tiling_choice"),  # what the default chose per stage, and why
         "vae": vae.describe(),
         "dtype": dtype_name(vae.dtype),
         **result,

@@ -58,8 +58,12 @@ def group_sums(x: torch.Tensor, groups: int, box: BoxCore | None = None) -> list
     if box is not None:
         x = x[(slice(None), slice(None), *box.slices(x))]
     b, c = x.shape[:2]
-    xg = x.detach().reshape(b, groups, c // groups, -1).double()  # (B, G, C/G, N)
-    return [xg.sum((2, 3)), (xg * xg).sum((2, 3)), torch.full_like(xg[:, :, 0, 0], xg[0, 0].numel())]
+    xg = x.detach().reshape(b, groups, -1)  # (B, G, C/G N)
+    if xg.dtype != torch.float32 and xg.dtype != torch.float64:
+        xg = xg.float()
+    var, mean = torch.var_mean(xg, dim=2, correction=0)  # stable in one read, no copy of the activation
+    var, mean, n = var.double(), mean.double(), xg.shape[2]
+    return [mean * n, (var + mean * mean) * n, torch.full_like(mean, n)]
 
 
 class NormStats:
@@ -211,6 +215,16 @@ class FrameConv2d(nn.Conv2d):
         return F.conv3d(x, self.weight.unsqueeze(2), self.bias, padding=(0, p, p))
 
 
+def temporal_reach(layer: nn.Module) -> int:
+    """Frames of future (and past) context a non-causal layer needs on each side in time: 0 for causal
+    layers (``CausalHistory`` carries their past) and per-frame ones."""
+    if isinstance(layer, Upsample):
+        return 1
+    if isinstance(layer, PlainConv3d):
+        return layer.kernel_size[0] // 2
+    return 0
+
+
 def make_conv(kind: str, cin: int, cout: int, kernel_size: int) -> nn.Module:
     """``kind`` is ``causal``, ``plain`` (3-D, zero padded in space), their ``-replicate`` forms (edge
     pixels replicated, the SD3 variant's) or ``frame`` (per-frame 2-D)."""
@@ -279,6 +293,8 @@ class ResBlock(nn.Module):
         def second(state: dict) -> None:
             state["h"] = self._shortcut(state.pop("skip")) + self.conv2(self.dropout(F.silu(state["h"])))
 
+        first.reach = temporal_reach(self.conv1)
+        second.reach = max(temporal_reach(self.conv2), temporal_reach(getattr(self, self.shortcut_name or "conv2")))
         return [keep, self.norm1, first, self.norm2, second]
 
 
@@ -327,6 +343,14 @@ class Upsample(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention; on ``meta`` tensors (memory estimates, ``cvvae.memory``) just its output,
+    as the fused kernels it runs on CPU and CUDA hold no score matrix."""
+    if q.is_meta:
+        return q.new_empty(*q.shape[:-1], v.shape[-1])
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 def _frames_to_batch(x: torch.Tensor) -> torch.Tensor:
     """``[B, C, T, H, W] -> [(B T), C, H, W]``."""
     b, c, t, h, w = x.shape
@@ -356,7 +380,7 @@ class SpatialAttention(nn.Module):
         h = self.norm(_frames_to_batch(x))  # (BT, C, H, W)
         bt, c, hh, ww = h.shape
         q, k, v = (m(h).flatten(2).transpose(1, 2) for m in (self.q, self.k, self.v))  # (BT, HW, C)
-        a = F.scaled_dot_product_attention(q, k, v)
+        a = attention(q, k, v)
         a = a.transpose(1, 2).reshape(bt, c, hh, ww)
         return _batch_to_frames(self.proj_out(a), t)
 
@@ -380,7 +404,7 @@ class SpatialTemporalAttention(SpatialAttention):
         b, c, t, h, w = s.shape
         s = s.permute(0, 3, 4, 2, 1).reshape(b * h * w, t, c)  # (B H W, T, C)
         y = self.norm_t(s)
-        a = F.scaled_dot_product_attention(self.q_t(y), self.k_t(y), self.v_t(y))
+        a = attention(self.q_t(y), self.k_t(y), self.v_t(y))
         u = self.proj_out_t(a).reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2)  # (B, C, T, H, W)
         return x + u
 
@@ -398,7 +422,7 @@ class FrameAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         y = self.group_norm(_frames_to_batch(x)).flatten(2).transpose(1, 2)  # (B T, H W, C)
-        a = F.scaled_dot_product_attention(self.to_q(y), self.to_k(y), self.to_v(y))
+        a = attention(self.to_q(y), self.to_k(y), self.to_v(y))
         a = self.to_out[0](a).transpose(1, 2).reshape(b * t, c, h, w)
         return x + _batch_to_frames(a, t)
 

@@ -77,8 +77,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--tile-norm",
         default=None,
         metavar="MODE",
-        help="GroupNorm statistics: pooled over the clip in passes (default), exact for the whole clip "
-        "(closest, memory grows with the clip) or tile (per tile, the release's)",
+        help="GroupNorm statistics: exact for the whole clip (default when tiling; one pass, the boxes wait in "
+        "lockstep), pooled over the clip in passes (memory flat in its length) or per tile (the release's)",
     )
     t.add_argument("--no-tiling", action="store_true", help="process the clip whole (fastest, most memory)")
 

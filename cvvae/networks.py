@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Downsample, ResBlock, Upsample, group_norm, make_attention, make_conv
+from .blocks import Downsample, ResBlock, Upsample, group_norm, make_attention, make_conv, temporal_reach
 
 
 class _Mid(nn.Module):
@@ -175,16 +175,19 @@ class Decoder(_Stack):
                 steps += block.steps()
             if hasattr(level, "upsample"):
                 steps.append(_apply(level.upsample))
-        return [*steps, self.norm_out, _apply(lambda h: self.conv_out(F.silu(h)))]
+        return [*steps, self.norm_out, _apply(lambda h: self.conv_out(F.silu(h)), temporal_reach(self.conv_out))]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.high(self.low(z))
 
 
-def _apply(fn):
-    """A step that replaces a box's ``h`` by ``fn(h)``."""
+def _apply(fn, reach: int | None = None):
+    """A step that replaces a box's ``h`` by ``fn(h)``; ``reach``: frames of context it needs on each side
+    in time (default: the layer's), ``up``: frames out per frame in (2 for a temporal upsampler)."""
 
     def step(state: dict) -> None:
         state["h"] = fn(state["h"])
 
+    step.reach = temporal_reach(fn) if reach is None else reach
+    step.up = 2 if isinstance(fn, Upsample) and fn.time else 1
     return step

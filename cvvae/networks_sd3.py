@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import CausalConv3d, FrameAttention, ResBlock, Upsample, group_norm, make_conv
+from .blocks import CausalConv3d, FrameAttention, ResBlock, Upsample, group_norm, make_conv, temporal_reach
 from .networks import _apply, _Stack
 
 EPS = 1e-6
@@ -147,7 +147,8 @@ class DecoderSD3(_Stack):
                 steps += resnet.steps()
             if hasattr(block, "upsamplers"):
                 steps.append(_apply(block.upsamplers[0]))
-        return [*steps, self.conv_norm_out, _apply(lambda h: self.conv_out(F.silu(h)))]
+        out = _apply(lambda h: self.conv_out(F.silu(h)), temporal_reach(self.conv_out))
+        return [*steps, self.conv_norm_out, out]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.high(self.low(z))

@@ -64,18 +64,22 @@ class TilingSettings:
         temporal_halo: latent frames of real context around every decoder window.
         norm_passes: passes over the windows with ``norm="pooled"`` (2: record, apply; more refine).
         offload: keep the boxes waiting in lockstep on the CPU (accelerator memory holds one box).
+        auto: choose per call (:func:`choose`): the whole clip when its estimated peak memory fits the
+            device, otherwise the cheapest tiling that fits. Changing any other setting (or
+            ``enable_tiling()``) turns it off unless ``auto`` is given too.
     """
 
     frames_per_window: int | None = 16
     tile_size: int | None = 576
     overlap: float = 0.2222
     temporal_overlap: int | None = None
-    norm: str = "pooled"
+    norm: str = "exact"
     enabled: bool = True
     halo: int = 4
     temporal_halo: int = 3
     norm_passes: int = 2
     offload: bool = False
+    auto: bool = True
 
     def __post_init__(self) -> None:
         fpw, tile = self.frames_per_window, self.tile_size
@@ -93,6 +97,8 @@ class TilingSettings:
             )
         if self.norm not in NORM_MODES:
             raise InputError(f"norm must be one of {NORM_MODES}, got {self.norm!r}")
+        if not isinstance(self.auto, bool):
+            raise InputError(f"auto must be True or False, got {self.auto!r}")
         for name, low in (("halo", 0), ("temporal_halo", 0), ("norm_passes", 2)):
             value = getattr(self, name)
             if not _is_int(value) or not low <= value <= 64:
@@ -106,6 +112,8 @@ class TilingSettings:
             raise InputError(f"unknown tiling setting(s) {', '.join(unknown)}")
         if "frames_per_window" in changes and "temporal_overlap" not in changes:
             changes["temporal_overlap"] = None
+        if "auto" not in changes and (changes.get("enabled") is True or set(changes) - {"enabled", "offload"}):
+            changes["auto"] = False  # asked for tiling, or for particular settings: use them
         return replace(self, **changes)
 
     @property
@@ -225,9 +233,10 @@ def grid(settings: TilingSettings, latents: tuple[int, int, int], decoder: bool)
     """The temporal axis and the spatial tiles (pairs of ``Axis.items()``) of a clip of ``latents`` (n, h, w)."""
     n, h, w = latents
     ov = settings.overlap_latents
-    if decoder:  # a window's first latent decodes to one frame alone: one latent of lead gives it its other three
+    if decoder and settings.norm != "exact":
+        # a window's first latent decodes to one frame alone: one latent of lead gives it its other three
         t_axis = Axis.plan(n, settings.window_latents, settings.temporal_overlap, settings.temporal_halo, lead=1)
-    else:
+    else:  # back to back: causal history (encoder) or context from the neighbours in lockstep (exact decoder)
         t_axis = Axis.windows(n, settings.window_latents)
     tiles = list(product(Axis.plan(h, settings.tile_latents, ov, settings.halo).items(),
                          Axis.plan(w, settings.tile_latents, ov, settings.halo).items()))  # fmt: skip
@@ -243,6 +252,81 @@ def work(settings: TilingSettings, latents: tuple[int, int, int], decoder: bool)
     area = sum((hb[1] - hb[0]) * (wb[1] - wb[0]) for (hb, *_), (wb, *_) in tiles)
     volume = sum(e - s for s, e in t_axis.boxes) * area
     return volume * len(_passes(settings, len(t_axis))) / math.prod(latents)
+
+
+# ----------------------------------------------------------------------------- the default: what fits
+
+SAFETY = 0.9  # of the memory a device has free, what a choice may plan to use
+_ESTIMATES: dict[tuple, int] = {}  # (stage, input shape, dtype, device type, candidate) -> estimated peak bytes
+
+
+def choose(stage: nn.Module, x, settings: TilingSettings, decoder: bool, out_channels: int) -> TilingSettings:
+    """With ``settings.auto``: the whole clip when its estimated peak fits the device's free memory, else
+    the cheapest tiling that fits (exact windows, then exact windows and tiles, then the same with the waiting
+    boxes offloaded to the host, then pooled statistics: flat in the clip's length), else the smallest.
+    The choice, its estimate and why are kept in ``stage.tiling_choice`` (:func:`tiling_report`)."""
+    if not settings.auto or not settings.enabled:
+        stage.tiling_choice = {"mode": "whole" if not settings.enabled else "tiled", "reason": "settings given"}
+        return settings
+    from . import memory
+
+    param = next(stage.parameters())
+    device, dtype = param.device, getattr(x, "dtype", param.dtype)
+    shape = tuple(x.shape)
+    latents = (shape[2], shape[3], shape[4]) if decoder else (1 + (shape[2] - 1) // 4, shape[3] // 8, shape[4] // 8)
+    fixed = settings.replace(auto=False)
+    candidates = [("whole clip", fixed.replace(enabled=False, auto=False))]
+    candidates += [("exact windows", fixed.replace(norm="exact", tile_size=None, auto=False))]
+    candidates += [("exact windows and tiles", fixed.replace(norm="exact", auto=False))]
+    if device.type != "cpu":
+        candidates += [("exact, boxes offloaded to the host", fixed.replace(norm="exact", offload=True, auto=False))]
+    candidates += [("pooled statistics", fixed.replace(norm="pooled", auto=False))]
+    small = dict(frames_per_window=4, tile_size=min(128, fixed.tile_size or 128), auto=False)
+    candidates += [("pooled statistics, small boxes", fixed.replace(norm="pooled", **small))]
+    budget = int(memory.available(device) * SAFETY)
+    meta = None
+    run = tiled_decode if decoder else tiled_encode
+    seen, tried = set(), []
+    for name, cand in candidates:
+        key = (repr(grid(cand, latents, decoder)), cand.norm if cand.enabled else None, cand.offload)
+        if key in seen:
+            continue
+        seen.add(key)
+        cached = (id(stage), shape, dtype, device.type, key)  # estimates are deterministic: batches pay once
+        if cached not in _ESTIMATES:
+            meta = meta or memory.meta_copy(stage, dtype)
+            # offloaded lockstep keeps one box on the device: about the peak of one box at a time
+            probe = cand.replace(norm="tile", offload=False, auto=False) if cand.offload else cand
+            _ESTIMATES[cached] = memory.estimate_peak(
+                lambda p=probe, m=meta: run(m, torch.empty(shape, dtype=dtype, device="meta"), p, out_channels),
+                device,
+                dtype,
+            )
+            while len(_ESTIMATES) > 512:
+                _ESTIMATES.pop(next(iter(_ESTIMATES)))
+        peak = _ESTIMATES[cached]
+        tried.append((name, cand, peak))
+        if peak <= budget:
+            break
+    name, cand, peak = min(tried, key=lambda t: t[2]) if tried[-1][2] > budget else tried[-1]
+    fits = "fits in" if peak <= budget else "is over (nothing fits: the smallest estimate)"
+    stage.tiling_choice = {
+        "mode": "whole" if not cand.enabled else "tiled",
+        "chosen": name,
+        "reason": f"estimated peak {peak / memory.GiB:.3f} GiB {fits} {budget / memory.GiB:.3f} GiB "
+        f"({SAFETY:.0%} of what {device.type} has free)",
+        "estimate_gib": round(peak / memory.GiB, 3),
+        "available_gib": round(budget / SAFETY / memory.GiB, 3),
+        "work": round(work(cand, latents, decoder), 3),
+        "settings": {f.name: getattr(cand, f.name) for f in fields(cand)},
+        "tried": {n: round(p / memory.GiB, 3) for n, _, p in tried},
+    }
+    return cand
+
+
+def tiling_report(vae: nn.Module) -> dict:
+    """What the last encode and decode chose (``choose``), for sidecars."""
+    return {k: getattr(getattr(vae, k + "r", None), "tiling_choice", None) for k in ("encode", "decode")}
 
 
 def _frames(span: tuple[int, int]) -> slice:
@@ -292,6 +376,7 @@ def lockstep(steps: list, boxes: list[Box], clip: NormStats | None, before=None,
         return state if store is None else {k: v.to(store, non_blocking=True) for k, v in state.items()}
 
     states = [keep(state) for state in states]
+    index = {(box.window, box.tile): i for i, box in enumerate(boxes)}
     for step in steps:
         if isinstance(step, PooledGroupNorm):
             pooled = NormStats()
@@ -306,13 +391,35 @@ def lockstep(steps: list, boxes: list[Box], clip: NormStats | None, before=None,
                 state["h"] = step.normalize(state["h"], *pooled.get(id(step)))
                 states[i] = keep(state)
             continue
+        reach = getattr(step, "reach", 0)
+        # a non-causal layer's context in time: the edge frames of the same tile's neighbouring windows
+        edges = [(s["h"][:, :, :reach].clone(), s["h"][:, :, -reach:].clone()) for s in states] if reach else None
         for i, (state, box) in enumerate(zip(states, boxes)):
             if before is not None:
                 before(box)
             state = load(state)
-            step(state)
+            prev, nxt = index.get((box.window - 1, box.tile)), index.get((box.window + 1, box.tile))
+            if edges is None or (prev is None and nxt is None):
+                step(state)
+            else:
+                _step_with_context(step, state, reach, None if prev is None else edges[prev][1].to(device),
+                                   None if nxt is None else edges[nxt][0].to(device))  # fmt: skip
             states[i] = keep(state)
     return [state["h"].to(device) for state in states]
+
+
+def _step_with_context(step, state: dict, reach: int, before, after) -> None:
+    """``step`` on ``state["h"]`` with the frames ``before`` and ``after`` it in time, cropped back to its own frames
+    (a temporal upsampler's window that has a predecessor gives two frames for each of its own)."""
+    t = state["h"].shape[2]
+    state["h"] = torch.cat([x for x in (before, state["h"], after) if x is not None], dim=2)  # [B, C, t + context, ..]
+    step(state)
+    if getattr(step, "up", 1) == 1:
+        start, length = (0 if before is None else reach), t
+    else:  # input frame j -> outputs 2j - 1, 2j (frame 0 -> output 0 alone)
+        assert reach == 1, "a temporal upsampler needs one frame of context"
+        start, length = (0, 2 * t - 1) if before is None else (1, 2 * t)
+    state["h"] = state["h"][:, :, start : start + length]
 
 
 def _run(stage: nn.Module, boxes: list[Box], settings: TilingSettings, desc: str, causal: list | None = None) -> None:
@@ -324,7 +431,8 @@ def _run(stage: nn.Module, boxes: list[Box], settings: TilingSettings, desc: str
     clip, causal = NormStats(), causal or []
     steps = stage.high_steps()
     store = torch.device("cpu") if settings.offload else None
-    bar = tqdm(total=len(boxes) * len(passes), desc=desc, unit="tile", leave=False)
+    meta = next(stage.parameters()).is_meta  # a memory estimate
+    bar = tqdm(total=len(boxes) * len(passes), desc=desc, unit="tile", leave=False, disable=meta)
     try:
         for mode in passes:
             if mode in ("refine", "apply"):
@@ -368,6 +476,7 @@ def tiled_encode(encoder: nn.Module, x: torch.Tensor, settings: TilingSettings, 
     and haloed tiles; the latent-resolution stages run on the whole clip. ``x`` may also be anything
     with that ``shape`` that slices like it (``cvvae.model.PaddedFrames``): each box is sliced when it runs.
     """
+    settings = choose(encoder, x, settings, False, out_channels)
     b, _, frames, height, width = x.shape
     n, h, w = 1 + (frames - 1) // 4, height // 8, width // 8
     t_axis, tiles = grid(settings, (n, h, w), decoder=False)
@@ -431,6 +540,7 @@ def tiled_decode(
 
     With ``sink``, the frames are handed to it in order, in parts ``[B, 3, t, 8h, 8w]``, as soon as they
     are final (and then freed), and nothing is returned."""
+    settings = choose(decoder, z, settings, True, out_channels)
     b, _, n, h, w = z.shape
     t_axis, tiles = grid(settings, (n, h, w), decoder=True)
     if len(t_axis) * len(tiles) == 1:
@@ -445,7 +555,8 @@ def tiled_decode(
 
     def placer(tb, ts, tw, hb, hs, hw, wb, ws, ww, ready):
         def place(y: torch.Tensor) -> None:  # crop the halo, blend the span, release what is final
-            crop = y[:, :, _frames(_local(ts, tb)), 8 * (hs[0] - hb[0]) : 8 * (hs[1] - hb[0])]
+            frames = slice(None) if ts == tb else _frames(_local(ts, tb))  # back-to-back windows: all their frames
+            crop = y[:, :, frames, 8 * (hs[0] - hb[0]) : 8 * (hs[1] - hb[0])]
             crop = crop[..., 8 * (ws[0] - wb[0]) : 8 * (ws[1] - wb[0])]
             weight = _frame_weights(tw, ts)[:, None, None] * _pixels(hw)[:, None] * _pixels(ww)
             out.add((_frames(ts), slice(8 * hs[0], 8 * hs[1]), slice(8 * ws[0], 8 * ws[1])), crop * weight.to(crop))
@@ -461,7 +572,8 @@ def tiled_decode(
     for (wi, ti, (tb, ts, tc, tw), ((hb, hs, hc, hw), (wb, ws, wc, ww))), upto in zip(items, ready):
         latents = (tb[1] - tb[0], hb[1] - hb[0], wb[1] - wb[0])
         part = (slice(None), slice(None), slice(*tb), slice(*hb), slice(*wb))
-        core = BoxCore(latents, (*_local(tc, tb), *_local(hc, hb), *_local(wc, wb)))
+        t_core = (None, None) if tc == tb else _local(tc, tb)  # back-to-back windows own all their frames
+        core = BoxCore(latents, (*t_core, *_local(hc, hb), *_local(wc, wb)))
         boxes.append(
             Box(wi, ti, partial(features.__getitem__, part), core, placer(tb, ts, tw, hb, hs, hw, wb, ws, ww, upto))
         )

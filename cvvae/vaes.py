@@ -185,7 +185,10 @@ class CVVAE(VideoVAE):
         return self.module.decode_frames(self.place(z), size, self.tiling)
 
     def describe(self) -> dict:
-        return {**super().describe(), "tiling": dataclasses.asdict(self.tiling_settings())}
+        from .tiling import tiling_report
+
+        tiling = dataclasses.asdict(self.tiling_settings())
+        return {**super().describe(), "tiling": tiling, "tiling_choice": tiling_report(self.module)}
 
     def tiling_settings(self):
         return self.module._tiling(self.tiling)

@@ -46,7 +46,7 @@ class LatentCacheConfig:
     clips_per_video: int = 1  # at most this many non-overlapping clips per video
     shard_size: int = 8  # clips per safetensors shard
     resize: str = "crop"  # "crop" (cover + centre crop) or "stretch"
-    tiling: bool = False  # encode with CV-VAE's tiling (long or large clips on small GPUs); false: whole clips
+    tiling: bool = True  # the model's default: whole clips when they fit the GPU, else the cheapest tiling that fits
 
     @property
     def num_frames(self) -> int:

@@ -101,7 +101,7 @@ def test_enable_tiling_keeps_what_it_is_not_told(tiny_vae):
     tiny_vae.enable_tiling(frames_per_window=8, tile_size=64, overlap=0.25, norm="tile")
     tiny_vae.disable_tiling()
     tiny_vae.enable_tiling()  # back on, with the settings kept
-    assert tiny_vae.tiling == TilingSettings(8, 64, 0.25, norm="tile")
+    assert tiny_vae.tiling == TilingSettings(8, 64, 0.25, norm="tile", auto=False)  # asked for: no per-call choice
     tiny_vae.enable_tiling(tile_size=32)
     assert (tiny_vae.tiling.frames_per_window, tiny_vae.tiling.tile_size, tiny_vae.tiling.norm) == (8, 32, "tile")
     tiny_vae.enable_tiling(frames_per_window=16)  # the temporal overlap follows the new window

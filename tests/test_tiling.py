@@ -230,3 +230,21 @@ def test_padded_frames_slice_like_the_padded_clip():
         assert torch.equal(lazy[index], padded[index])
     with pytest.raises(IndexError):
         lazy[0]
+
+
+@pytest.mark.parametrize("variant", ["sd21", "sd3"])
+@pytest.mark.parametrize("tile_size", [None, 16])
+def test_exact_decoder_windows_equal_the_whole_clip_at_no_extra_temporal_work(variant, tile_size):
+    """Back-to-back decoder windows that take their temporal context from their neighbours in lockstep are
+    exact (no halo, no blending), also across the temporal upsamplers, at 1.0x work in time."""
+    from cvvae.loading import build_tiny_vae
+    from cvvae.tiling import TilingSettings, tiled_decode, work
+
+    vae = build_tiny_vae(seed=0, variant=variant)
+    z = torch.randn(1, vae.latent_channels, 10, 4, 4)  # windows of 2, 1 and 1 latents: every offset
+    settings = TilingSettings(frames_per_window=4, tile_size=tile_size, overlap=0.25, halo=8, auto=False)
+    with torch.no_grad():
+        whole = vae.decoder(z)
+        tiled = tiled_decode(vae.decoder, z, settings, vae.video_channels)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
+    assert work(settings.replace(tile_size=None), (10, 4, 4), decoder=True) == 1.0
