@@ -100,6 +100,7 @@ def reconstruct_file(
         "sample_posterior": sample,
         "seed": seed if sample else None,
         "side_by_side": side_by_side,
+        "rotation": vio.rotation(in_path),  # degrees the source was turned to display upright
         "tiling": dataclasses.asdict(vae._tiling(tiling)),
         "dtype": dtype_name(_place(vae)[1]),
         **result,

@@ -34,6 +34,69 @@ def png_header(path: Path, width: int, height: int) -> Path:
     return path
 
 
+def wide_png(path: Path, width: int, height: int) -> Path:
+    """A real (few-kilobyte) PNG of an extreme aspect ratio."""
+    from PIL import Image
+
+    Image.new("RGB", (width, height), (200, 100, 50)).save(path)
+    return path
+
+
+def ts_clip(path: Path, *sizes: tuple[int, int], rotation: int = 0) -> Path:
+    """A clip of three frames per ``(height, width)``: MPEG-TS files joined byte by byte change size
+    mid-stream; a ``.mp4`` path gets one size and a display matrix of ``rotation`` degrees."""
+    import av
+    import numpy as np
+
+    data = b""
+    for h, w in sizes:
+        part = path.with_suffix(f".{h}x{w}{path.suffix}")
+        with av.open(str(part), "w", format="mp4" if path.suffix == ".mp4" else "mpegts") as c:
+            s = c.add_stream("libx264", rate=12)
+            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            if rotation:
+                s.set_display_rotation(rotation)
+            frame = np.zeros((h, w, 3), np.uint8)
+            frame[: h // 4, : w // 4] = 255  # a white corner shows which way the frames turned
+            for _ in range(3):
+                c.mux(s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            c.mux(s.encode())
+        data += part.read_bytes()
+        part.unlink()
+    path.write_bytes(data)
+    return path
+
+
+def url_name(d: Path, name: str) -> Path:
+    ts_clip(d / "one.ts", (32, 64))
+    return Path(name.replace("ONE", str(d / "one.ts")))
+
+
+def copy(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def linked(d: Path, name: str) -> Path:
+    """A link in another folder to ``d/name``, a copy of the clip: the output resolves to the input."""
+    copy(CLIP, d / name)
+    (d / "elsewhere").mkdir()
+    (d / "elsewhere" / "in.mp4").symlink_to(d / name)
+    return d / "elsewhere" / "in.mp4"
+
+
+def sidecar_is_input(d: Path) -> list[str]:
+    clip = d / "o.json"  # a video whose name is the output's sidecar
+    clip.write_bytes(CLIP.read_bytes())
+    return ["reconstruct", str(clip), str(d / "o.mp4"), *TINY, "--frames", "1", "--overwrite"]
+
+
+def sidecar_is_a_folder(d: Path) -> list[str]:
+    (d / "o.mp4").write_bytes(b"an earlier result")
+    (d / "o.json").mkdir()
+    return rec(d, "--frames", "1", "--overwrite")
+
+
 def latents(path: Path, **meta) -> Path:
     base = {"fps": "12.0", "frames": "5", "height": "16", "width": "16", "model": "tiny"}
     save_file({"latents": torch.zeros(1, 4, 2, 2, 2)}, str(path), metadata={**base, **meta})
@@ -115,6 +178,33 @@ def batch(d: Path, line: str) -> list[str]:
 ROOT = os.geteuid() == 0
 # (name, program, arguments built in folder d, words the error line must contain)
 CASES = [
+    # files: only regular local files, opened by path; sizes capped from the header, before decoding
+    ("concat: URL", cvvae_main, lambda d: rec(d, source=url_name(d, "concat:ONE|ONE")), "no URLs"),
+    ("file: URL", cvvae_main, lambda d: rec(d, source=url_name(d, "file:ONE")), "no URLs"),
+    ("http URL", cvvae_main, lambda d: rec(d, source="http://127.0.0.1:9/a.mp4"), "no URLs"),
+    ("URL as image", cvvae_main, lambda d: gen(d, image=url_name(d, "subfile:,,start,0,end,0,,:ONE")), "no URLs"),
+    ("device file", cvvae_main, lambda d: rec(d, source="/dev/zero"), "not a file"),
+    ("1000000x1 png", cvvae_main, lambda d: rec(d, "--height", "64", "--width", "64",
+                                                source=wide_png(d / "w.png", 1000000, 1)), "scale it down"),
+    ("1000000x1 png as image", cvvae_main, lambda d: gen(d, image=wide_png(d / "w.png", 1000000, 1)), "scale it"),
+    ("20000x2 png", cvvae_main, lambda d: rec(d, source=wide_png(d / "w.png", 20000, 2)), "scale it down"),
+    ("8000x1 png cropped", cvvae_main, lambda d: rec(d, "--height", "2048", "--width", "2048",
+                                                     source=wide_png(d / "w.png", 8000, 1)), "aspect ratio"),
+    ("8192x8192 video", cvvae_main, lambda d: rec(d, "--height", "64", "--width", "64",
+                                                  source=ts_clip(d / "big.ts", (8192, 8192))), "scale it down"),
+    ("size changes mid-stream", cvvae_main, lambda d: rec(d, source=ts_clip(d / "c.ts", (32, 64), (64, 64))),
+     "changes frame size"),
+    # outputs: never an input, video and sidecar together
+    ("input is the output's sidecar", cvvae_main, sidecar_is_input, "is the input file"),
+    ("image is the output's sidecar", cvvae_main, lambda d: gen(d, "--overwrite", image=copy(IMAGE, d / "o.json")),
+     "is the input file"),
+    ("output is the input", cvvae_main, lambda d: rec(d, "--overwrite", source=copy(CLIP, d / "o.mp4")),
+     "is the input file"),
+    ("output is a link to the input", cvvae_main, lambda d: rec(d, "--overwrite", source=linked(d, "o.mp4")),
+     "is the input file"),
+    ("sidecar is a folder", cvvae_main, sidecar_is_a_folder, "is a folder"),
+    ("output name too long", cvvae_main, lambda d: ["reconstruct", str(CLIP), str(d / ("x" * 250 + ".mp4")), *TINY],
+     "too long"),
     ("huge size", cvvae_main, lambda d: rec(d, "--height", "100000", "--width", "96"), "at most 8192"),
     ("decompression bomb", cvvae_main, lambda d: rec(d, source=png_header(d / "b.png", 20000, 20000)), "scale it"),
     ("bomb as image", cvvae_main, lambda d: gen(d, image=png_header(d / "b.png", 20000, 20000)), "scale it"),
@@ -198,3 +288,38 @@ def test_app_refuses_non_numbers_with_its_own_message(tmp_path):
     with pytest.raises(gr.Error, match="fps must be a number"):
         handlers.text_to_video("a cat", "", "animatediff", 0, 2, 7.5, "fast", 2, "64x64", "off")
     assert not list((tmp_path / "out").glob("*"))
+
+
+def test_rotated_video_is_read_upright_and_recorded(tmp_path, capsys):
+    """A phone video stored 64x32 with a quarter-turn display matrix reads as 32x64 frames, turned as shown."""
+    from cvvae.video import read_video
+
+    clip = ts_clip(tmp_path / "r.mp4", (32, 64), rotation=90)
+    frames, _ = read_video(clip)
+    assert frames.shape[1:3] == (64, 32)
+    assert frames[0, -8:, :4].min() > 200 and frames[0, :8, :4].max() < 50  # the white corner went down-left
+    assert cvvae_main(["reconstruct", str(clip), str(tmp_path / "o.mp4"), *TINY]) == 0
+    assert json.loads((tmp_path / "o.json").read_text())["rotation"] == 90
+
+
+def test_video_and_sidecar_commit_together(tmp_path, monkeypatch):
+    """When the sidecar's rename fails, the earlier video and sidecar are back as they were, with no leftovers."""
+    import numpy as np
+
+    from cvvae import outputs
+    from cvvae.video import write_video_and_sidecar
+
+    (tmp_path / "o.mp4").write_bytes(b"old video")
+    (tmp_path / "o.json").write_text("{}")
+    replace = os.replace
+
+    def failing(src, dst):
+        if Path(dst).name == "o.json" and ".tmp" in Path(src).name:
+            raise OSError("disk full")
+        replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_video_and_sidecar(tmp_path / "o.mp4", np.zeros((1, 16, 16, 3), np.uint8), 12.0, {"task": "test"})
+    assert (tmp_path / "o.mp4").read_bytes() == b"old video" and (tmp_path / "o.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "o.mp4"]
