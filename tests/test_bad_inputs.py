@@ -97,6 +97,17 @@ def sidecar_is_a_folder(d: Path) -> list[str]:
     return rec(d, "--frames", "1", "--overwrite")
 
 
+def adapter(d: Path, **peft) -> list[str]:
+    """``generate`` with a LoRA adapter folder whose config holds ``peft``."""
+    folder = d / "ad"
+    folder.mkdir()
+    lora = {"r": 4, "lora_alpha": 4, "target_modules": "to_q", **peft}
+    info = {"format": "cvvae-unet-adapter", "format_version": 1, "mode": "lora", "peft_config": lora}
+    (folder / "adapter.json").write_text(json.dumps(info))
+    save_file({"base_model.model.conv_in.lora_A.weight": torch.zeros(4, 4)}, str(folder / "adapter.safetensors"))
+    return gen(d, "--adapter", str(folder))
+
+
 def latents(path: Path, **meta) -> Path:
     base = {"fps": "12.0", "frames": "5", "height": "16", "width": "16", "model": "tiny"}
     save_file({"latents": torch.zeros(1, 4, 2, 2, 2)}, str(path), metadata={**base, **meta})
@@ -205,6 +216,14 @@ CASES = [
     ("sidecar is a folder", cvvae_main, sidecar_is_a_folder, "is a folder"),
     ("output name too long", cvvae_main, lambda d: ["reconstruct", str(CLIP), str(d / ("x" * 250 + ".mp4")), *TINY],
      "too long"),
+    # adapters: our LoRA fields only, as plain values; target patterns bounded
+    ("adapter pattern backtracks", cvvae_main, lambda d: adapter(d, target_modules="(.*){1,32000}[bc]"), "too long"),
+    ("adapter pattern invalid", cvvae_main, lambda d: adapter(d, target_modules="(to_q"), "regular expression"),
+    ("adapter pattern 10000 chars", cvvae_main, lambda d: adapter(d, target_modules="a" * 10000), "at most"),
+    ("adapter names not names", cvvae_main, lambda d: adapter(d, target_modules=["to_q", "a b"]), "module names"),
+    ("adapter rank as text", cvvae_main, lambda d: adapter(d, r="16"), "wrong type"),
+    ("adapter bias all", cvvae_main, lambda d: adapter(d, bias="all"), "bias"),
+    ("adapter matches nothing", cvvae_main, lambda d: adapter(d, target_modules="nothing_here"), "matches no layer"),
     ("huge size", cvvae_main, lambda d: rec(d, "--height", "100000", "--width", "96"), "at most 8192"),
     ("decompression bomb", cvvae_main, lambda d: rec(d, source=png_header(d / "b.png", 20000, 20000)), "scale it"),
     ("bomb as image", cvvae_main, lambda d: gen(d, image=png_header(d / "b.png", 20000, 20000)), "scale it"),
@@ -323,3 +342,10 @@ def test_video_and_sidecar_commit_together(tmp_path, monkeypatch):
         write_video_and_sidecar(tmp_path / "o.mp4", np.zeros((1, 16, 16, 3), np.uint8), 12.0, {"task": "test"})
     assert (tmp_path / "o.mp4").read_bytes() == b"old video" and (tmp_path / "o.json").read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "o.mp4"]
+
+
+def test_adapter_fields_beyond_ours_are_dropped():
+    from cvvae.pipelines.adapters import lora_settings
+
+    hostile = {"r": 4, "lora_alpha": 8, "megatron_core": "os", "megatron_config": {"a": 1}, "layers_pattern": "(a+)+"}
+    assert lora_settings(hostile) == {"r": 4, "lora_alpha": 8}
