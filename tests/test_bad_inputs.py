@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from app.batch import main as batch_main
 from cvvae.cli import main as cvvae_main
+from cvvae.training.__main__ import main as training_main
 from finetune.__main__ import main as finetune_main
 
 TINY = ["--model", "tiny", "--device", "cpu"]
@@ -106,6 +107,16 @@ def adapter(d: Path, **peft) -> list[str]:
     (folder / "adapter.json").write_text(json.dumps(info))
     save_file({"base_model.model.conv_in.lora_A.weight": torch.zeros(4, 4)}, str(folder / "adapter.safetensors"))
     return gen(d, "--adapter", str(folder))
+
+
+def yaml_file(d: Path, text: str) -> list[str]:
+    (d / "c.yaml").write_bytes(text.encode("utf-8", "surrogateescape"))  # \udcff is the byte 0xff
+    return ["train", "--config", str(d / "c.yaml")]
+
+
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+)
 
 
 def latents(path: Path, **meta) -> Path:
@@ -246,6 +257,18 @@ CASES = [
     ("video list line is an array", finetune_main, lambda d: video_list(d, "[1, 2]"), "object with a 'path'"),
     ("video list fps nan", finetune_main, lambda d: video_list(d, json.dumps({"path": str(CLIP), "fps": "nan"})),
      "fps"),
+    # configs: bounded YAML, finite numbers, counts in range
+    ("yaml billion laughs", finetune_main, lambda d: yaml_file(d, BILLION_LAUGHS), "aliases"),
+    ("yaml nested 10000 deep", finetune_main, lambda d: yaml_file(d, "a: " + "[" * 10000 + "]" * 10000), "nested"),
+    ("yaml 2 MB", finetune_main, lambda d: yaml_file(d, "# " + "x" * 2_000_000), "larger than"),
+    ("config not UTF-8", finetune_main, lambda d: yaml_file(d, "train:\n  seed: \udcff"), "YAML"),
+    ("learning rate inf", finetune_main, lambda d: ["train", "train.learning_rate=.inf"], "finite"),
+    ("max steps inf", finetune_main, lambda d: ["train", "train.max_steps=.inf"], "integer"),
+    ("vae training steps nan", training_main, lambda d: ["steps=.nan"], "integer"),
+    ("vae training lr inf", training_main, lambda d: ["lr=.inf"], "finite"),
+    ("threads -1", finetune_main, lambda d: ["train", "--threads", "-1"], "threads"),
+    ("stop after -5", training_main, lambda d: ["--stop-after", "-5"], "step"),
+    ("override alias", finetune_main, lambda d: ["train", "train.seed=*a"], "aliases"),
     ("config value of the wrong type", finetune_main, lambda d: ["train", "train.max_steps=many"], "integer"),
 ]  # fmt: skip
 IDS = [case.values[0] if hasattr(case, "values") else case[0] for case in CASES]
