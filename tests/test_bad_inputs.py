@@ -193,11 +193,24 @@ def dec(d: Path, **meta) -> list[str]:
     return ["decode", str(latents(d / "z.safetensors", **meta)), str(d / "o.mp4"), *TINY]
 
 
+def job(**settings) -> str:
+    """One batch job line: a valid t2v job with ``settings`` changed (None drops a key)."""
+    base = {"id": "a", "mode": "t2v", "prompt": "a cat", "seed": 1, "num_latent_frames": 2, "steps": 1}
+    return json.dumps({k: v for k, v in {**base, **settings}.items() if v is not None})
+
+
+def batch_bytes(d: Path, data: bytes) -> list[str]:
+    argv = batch(d, "")
+    (d / "j.jsonl").write_bytes(data)
+    return argv
+
+
 def batch(d: Path, line: str) -> list[str]:
     return [str(jobs(d / "j.jsonl", line)), "--out-dir", str(d / "out"), "--preset", "tiny"]
 
 
 ROOT = os.geteuid() == 0
+T2V = job()
 # (name, program, arguments built in folder d, words the error line must contain)
 CASES = [
     # files: only regular local files, opened by path; sizes capped from the header, before decoding
@@ -253,6 +266,15 @@ CASES = [
     ("output under a file", cvvae_main, under_a_file, "writable"),
     ("unknown option", cvvae_main, lambda d: rec(d, "--bogus"), "--bogus"),
     ("batch id with a newline", batch_main, lambda d: batch(d, json.dumps({"id": "a\n", "mode": "t2v"})), "id"),
+    ("batch 2nd job steps 0", batch_main, lambda d: batch(d, T2V + "\n" + job(id="b", steps=0)), "steps"),
+    ("batch 2nd job image missing", batch_main,
+     lambda d: batch(d, T2V + "\n" + job(id="b", mode="i2v", image="none.png", prompt=None)), "not a file"),
+    ("batch not UTF-8", batch_main, lambda d: batch_bytes(d, b'{"id": "\xff"}\n'), "UTF-8"),
+    ("batch 10 MB prompt", batch_main, lambda d: batch(d, job(prompt="x" * 10**7)), "at most"),
+    ("batch 33 AnimateDiff latents", batch_main,
+     lambda d: batch(d, json.dumps({"id": "a", "mode": "t2v", "prompt": "x", "num_latent_frames": 33})), "32"),
+    ("t2v 33 latents", cvvae_main, lambda d: ["generate", "t2v", "--preset", "tiny", "--prompt", "a cat",
+                                              "--num-latent-frames", "33", "--out", str(d / "o.mp4")], "32"),
     ("batch line is an array", batch_main, lambda d: batch(d, "[1, 2]"), "JSON object"),
     ("video list line is an array", finetune_main, lambda d: video_list(d, "[1, 2]"), "object with a 'path'"),
     ("video list fps nan", finetune_main, lambda d: video_list(d, json.dumps({"path": str(CLIP), "fps": "nan"})),

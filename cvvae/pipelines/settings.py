@@ -51,6 +51,18 @@ class GenerationSettings:
         else:
             what = "text-to-image" if self.mode == "t2i" else "text-to-video"
             _check(isinstance(self.prompt, str) and bool(self.prompt.strip()), f"{what} needs a non-empty prompt")
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name)
+            _check(
+                text is None or (isinstance(text, str) and len(text) <= MAX_PROMPT_CHARS),
+                f"{name} must be text of at most {MAX_PROMPT_CHARS} characters (the text encoders read 77 tokens)",
+            )
+        if self.mode == "t2v" and self.t2v_backbone == "animatediff" and isinstance(self.num_latent_frames, int):
+            _check(
+                self.num_latent_frames <= ANIMATEDIFF_MAX_LATENTS,
+                f"AnimateDiff's motion module holds {ANIMATEDIFF_MAX_LATENTS} positions: num_latent_frames must be "
+                f"at most {ANIMATEDIFF_MAX_LATENTS}, got {self.num_latent_frames}",
+            )
         _check(
             self.t2v_backbone in (None, *T2V_BACKBONES),
             f"t2v_backbone must be animatediff or sd21, got {self.t2v_backbone!r}",
@@ -102,6 +114,10 @@ class GenerationSettings:
         if unknown:
             raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
         return cls(**data)
+
+
+MAX_PROMPT_CHARS = 4000
+ANIMATEDIFF_MAX_LATENTS = 32
 
 
 def _check(ok: bool, message: str) -> None:
