@@ -146,6 +146,10 @@ def run_batch(
     t0 = time.perf_counter()
     jobs = read_jobs(jobs_path)
     check_jobs(jobs, preset)  # one bad job stops the batch before any work
+    if device is not None:
+        from cvvae.devices import resolve_device
+
+        resolve_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # on CPUs, processes launched together talk over gloo only when told they are CPU processes

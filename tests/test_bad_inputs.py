@@ -189,6 +189,11 @@ def gen(d: Path, *extra, image=IMAGE) -> list[str]:
     return ["generate", "i2v", "--preset", "tiny", "--image", str(image), "--out", str(d / "o.mp4"), *extra]
 
 
+def dec_tensor(d: Path, z: torch.Tensor) -> list[str]:
+    save_file({"latents": z}, str(d / "z.safetensors"), metadata={"fps": "12.0", "model": "tiny"})
+    return ["decode", str(d / "z.safetensors"), str(d / "o.mp4"), *TINY]
+
+
 def dec(d: Path, **meta) -> list[str]:
     return ["decode", str(latents(d / "z.safetensors", **meta)), str(d / "o.mp4"), *TINY]
 
@@ -248,6 +253,16 @@ CASES = [
     ("adapter rank as text", cvvae_main, lambda d: adapter(d, r="16"), "wrong type"),
     ("adapter bias all", cvvae_main, lambda d: adapter(d, bias="all"), "bias"),
     ("adapter matches nothing", cvvae_main, lambda d: adapter(d, target_modules="nothing_here"), "matches no layer"),
+    # latents and devices
+    ("latents NaN", cvvae_main, lambda d: dec_tensor(d, torch.full((1, 4, 2, 2, 2), float("nan"))), "NaN"),
+    ("latents Inf", cvvae_main, lambda d: dec_tensor(d, torch.full((1, 4, 2, 2, 2), float("inf"))), "NaN"),
+    ("latents zero frames", cvvae_main, lambda d: dec_tensor(d, torch.zeros(1, 4, 0, 2, 2)), "none empty"),
+    ("latents 0x0 grid", cvvae_main, lambda d: dec_tensor(d, torch.zeros(1, 4, 2, 0, 0)), "none empty"),
+    ("device meta", cvvae_main, lambda d: rec(d, "--device", "meta", "--model", "tiny"), "cannot run"),
+    ("device mps", cvvae_main, lambda d: rec(d, "--device", "mps", "--model", "tiny"), "MPS"),
+    ("device cuda", cvvae_main, lambda d: rec(d, "--device", "cuda:7", "--model", "tiny"), "cuda"),
+    ("generate device meta", cvvae_main, lambda d: gen(d, "--device", "meta"), "cannot run"),
+    ("batch device meta", batch_main, lambda d: [*batch(d, T2V), "--device", "meta"], "cannot run"),
     ("huge size", cvvae_main, lambda d: rec(d, "--height", "100000", "--width", "96"), "at most 8192"),
     ("decompression bomb", cvvae_main, lambda d: rec(d, source=png_header(d / "b.png", 20000, 20000)), "scale it"),
     ("bomb as image", cvvae_main, lambda d: gen(d, image=png_header(d / "b.png", 20000, 20000)), "scale it"),
