@@ -18,6 +18,7 @@ import torch
 from conftest import CLIP, IMAGE
 from safetensors.torch import save_file
 
+from app.__main__ import main as app_main
 from app.batch import main as batch_main
 from cvvae.cli import main as cvvae_main
 from cvvae.training.__main__ import main as training_main
@@ -163,6 +164,11 @@ def readonly_folder(d: Path) -> list[str]:
     return gen(folder)
 
 
+def under_file(d: Path) -> Path:
+    (d / "file").write_text("x")
+    return d / "file"
+
+
 def under_a_file(d: Path) -> list[str]:
     (d / "file").write_text("x")
     return gen(d / "file")
@@ -263,6 +269,12 @@ CASES = [
     ("device cuda", cvvae_main, lambda d: rec(d, "--device", "cuda:7", "--model", "tiny"), "cuda"),
     ("generate device meta", cvvae_main, lambda d: gen(d, "--device", "meta"), "cannot run"),
     ("batch device meta", batch_main, lambda d: [*batch(d, T2V), "--device", "meta"], "cannot run"),
+    # the app: serves only a folder of its own results, on a real port
+    ("app port 99999", app_main, lambda d: ["--port", "99999", "--outputs", str(d / "out")], "65535"),
+    ("app outputs under a file", app_main, lambda d: ["--outputs", str(under_file(d) / "out")], "is a file"),
+    ("app outputs a folder of other files", app_main, lambda d: ["--outputs", str(copy(IMAGE, d / "mine.jpg").parent)],
+     "did not write"),
+    ("app device meta", app_main, lambda d: ["--device", "meta", "--outputs", str(d / "out")], "cannot run"),
     ("huge size", cvvae_main, lambda d: rec(d, "--height", "100000", "--width", "96"), "at most 8192"),
     ("decompression bomb", cvvae_main, lambda d: rec(d, source=png_header(d / "b.png", 20000, 20000)), "scale it"),
     ("bomb as image", cvvae_main, lambda d: gen(d, image=png_header(d / "b.png", 20000, 20000)), "scale it"),
