@@ -90,7 +90,7 @@ def _coerce(value, tp, key: str):
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            raise ConfigError(f"{key} must be a number (finite), got {value!r}")
         return float(value)
     if tp is str:
         if isinstance(value, bool):  # YAML reads a bare no/yes as a boolean
