@@ -17,13 +17,44 @@ REAL_WEIGHTS_HINT = (
 )
 
 
+OUTPUTS_MARKER = ".cvvae-app-outputs"  # in a folder the app made or found empty: the only folder it serves
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def check_outputs_folder(folder: Path) -> Path:
+    """The results folder, which the browser can read: one the app made or found empty (it gets a marker),
+    never a folder of other files (``--outputs ~`` would serve the home folder). UserError otherwise."""
+    from cvvae.errors import InputError
+
+    folder = Path(folder).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"--outputs {folder}: {existing} is a file, not a folder")
+    if folder.is_dir() and not (folder / OUTPUTS_MARKER).exists() and any(folder.iterdir()):
+        raise InputError(
+            f"--outputs {folder} holds files the app did not write, and the browser may read what is in it: "
+            "give a new or empty folder"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / OUTPUTS_MARKER).touch()
+    except OSError as err:
+        raise InputError(f"--outputs {folder} cannot be written ({err.strerror}); give a writable folder") from err
+    return folder
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from cvvae.cli import add_pipeline_options
     from cvvae.commands import Parser
 
     p = Parser(prog="python -m app", description="The CV-VAE web demo (Gradio).")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
     p.add_argument(
         "--preset",
         default=None,
@@ -81,9 +112,14 @@ def weights_reachable(preset: str = "svd-xt") -> bool:
 def make_handlers(args: argparse.Namespace):
     import torch
 
+    from cvvae.devices import resolve_device
     from cvvae.pipelines.presets import get_preset, parse_components
 
     from .handlers import CPU_PIXEL_BUDGET, AppConfig, Handlers
+
+    if args.device:
+        resolve_device(args.device)
+    args.outputs = check_outputs_folder(args.outputs)
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
     preset, notice = choose_preset(args.preset, cuda, weights=args.preset is not None or weights_reachable())

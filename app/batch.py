@@ -26,6 +26,7 @@ from pathlib import Path
 from cvvae.errors import InputError, UserError
 
 RESULTS = "results.jsonl"
+MAX_JOBS_BYTES = 100_000_000
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -36,8 +37,15 @@ def read_jobs(path: str | Path) -> list[tuple[str, object]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"jobs file {path} does not exist")
+    if path.stat().st_size > MAX_JOBS_BYTES:
+        raise InputError(f"jobs file {path} is larger than {MAX_JOBS_BYTES:,} bytes; split it")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line} is not UTF-8 text (byte {err.start}); save the jobs file as UTF-8") from err
     jobs, seen = [], set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
@@ -58,12 +66,26 @@ def read_jobs(path: str | Path) -> list[tuple[str, object]]:
             beside = path.parent / data["image"]
             data["image"] = str(beside) if beside.exists() else data["image"]
         try:
-            jobs.append((job_id, GenerationSettings.from_dict(data)))
+            jobs.append((job_id, GenerationSettings.from_dict(data).validate()))
         except (InputError, TypeError) as err:
             raise InputError(f"{path}:{n}: {err}") from err
     if not jobs:
         raise InputError(f"{path} holds no jobs (one JSON object per line)")
     return jobs
+
+
+def check_jobs(jobs: list[tuple[str, object]], preset: str) -> None:
+    """Every job's settings with the preset's defaults, and its image: all checked before the first job runs."""
+    from cvvae.pipelines.presets import get_preset
+
+    p = get_preset(preset)
+    for job_id, settings in jobs:
+        try:
+            settings.resolved(p).validate()
+            if settings.image is not None and not Path(settings.image).is_file():
+                raise InputError(f"image {settings.image} is not a file")
+        except InputError as err:
+            raise InputError(f"job {job_id}: {err}") from err
 
 
 def is_finished(out_dir: Path, job_id: str) -> bool:
@@ -123,6 +145,11 @@ def run_batch(
 
     t0 = time.perf_counter()
     jobs = read_jobs(jobs_path)
+    check_jobs(jobs, preset)  # one bad job stops the batch before any work
+    if device is not None:
+        from cvvae.devices import resolve_device
+
+        resolve_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # on CPUs, processes launched together talk over gloo only when told they are CPU processes

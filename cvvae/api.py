@@ -99,6 +99,7 @@ def reconstruct_file(
         "sample_posterior": sample,
         "seed": seed if sample else None,
         "side_by_side": side_by_side,
+        "rotation": vio.rotation(in_path),  # degrees the source was turned to display upright
         "tiling": vae.describe().get("tiling"),
         "tiling_choice": vae.describe().get("tiling_choice"),  # what the default chose per stage, and why
         "vae": vae.describe(),
@@ -182,8 +183,12 @@ def load_latents(path: str | os.PathLike) -> tuple[torch.Tensor, dict]:
         raise
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise InputError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err})") from err
-    if z.dim() != 5 or z.shape[0] != 1 or not z.is_floating_point():
-        raise InputError(f"{path} holds latents of shape {tuple(z.shape)}; expected [1, C, n, h, w] floats")
+    if z.dim() != 5 or z.shape[0] != 1 or not z.is_floating_point() or 0 in z.shape:
+        raise InputError(
+            f"{path} holds latents of shape {tuple(z.shape)}; expected [1, C, n, h, w] floats, none empty"
+        )
+    if not torch.isfinite(z).all():
+        raise InputError(f"{path} holds NaN or infinite latents; re-encode the video")
     try:
         parsed = {
             "fps": float(meta.get("fps", vio.DEFAULT_FPS)),

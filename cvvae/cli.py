@@ -187,6 +187,9 @@ def _selection(args: argparse.Namespace) -> dict:
 
 
 def _model_kwargs(args: argparse.Namespace) -> dict:
+    from .devices import resolve_device
+
+    resolve_device(args.device)  # an unusable device fails before the input is read
     label = model_label(args.model, default_subfolder(args.model, args.subfolder))
     return dict(model_id=label, tiling=tiling_from_args(args), overwrite=args.overwrite)
 
@@ -329,11 +332,13 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
     from .outputs import check_output_path
     from .pipelines.backbones import output_suffix
     from .pipelines.presets import check_models, get_preset, parse_components
 
     settings = settings_from_args(args).validate()  # fail on bad values before loading anything
+    resolve_device(args.device)
     check_output_path(args.out, output_suffix(args.mode), overwrite=args.overwrite)
     backbone = settings.backbone(get_preset(args.preset))
     check_models(args.preset, backbone, parse_components(args.component), args.cvvae_subfolder)

@@ -8,6 +8,7 @@ keys are refused, and the dataclass's own ``validate()`` (when it has one) runs 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,35 @@ T = TypeVar("T")
 
 class ConfigError(InputError):
     """A configuration file, key or value that cannot be used."""
+
+
+MAX_CONFIG_BYTES = 1_000_000
+MAX_DEPTH = 20  # nested mappings and lists
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases (no "billion laughs") and with a nesting limit (no RecursionError)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(
+                f"YAML aliases (*name) are not accepted in configs (line {mark.line + 1}); write values out"
+            )
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ConfigError(f"the YAML is nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def parse_yaml(text: str):
+    """``text`` parsed with :class:`BoundedLoader`: bounded in size, depth and expansion."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"the YAML is {len(text):,} characters; configs are at most {MAX_CONFIG_BYTES:,}")
+    return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _coerce(value, tp, key: str):
@@ -48,7 +78,9 @@ def _coerce(value, tp, key: str):
             return value
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if int(value) != value:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return int(value)
     if tp is float:
@@ -57,8 +89,8 @@ def _coerce(value, tp, key: str):
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a number (finite), got {value!r}")
         return float(value)
     if tp is str:
         if isinstance(value, bool):  # YAML reads a bare no/yes as a boolean
@@ -96,7 +128,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         if not sep or not all(parts):
             raise ConfigError(f"override {item!r} must look like key=value or section.key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = parse_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as err:
             raise ConfigError(f"cannot parse the value of override {item!r}: {err}") from err
         node = data
@@ -116,7 +148,9 @@ def read_yaml(path: str | Path | None) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path} is larger than the {MAX_CONFIG_BYTES:,} bytes a config may have")
+        data = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):

@@ -19,6 +19,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         raise InputError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device} was asked for but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device} was asked for but MPS is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {device} cannot run the models; use cpu, cuda or cuda:N")
     return device
 
 

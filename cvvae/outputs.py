@@ -38,34 +38,96 @@ def temporaries(path: Path) -> list[Path]:
     """Temporary files :func:`atomic_path` leaves for ``path`` (and its sidecar) when a run is killed."""
     if not path.parent.is_dir():
         return []
-    names = (f".{path.stem}.*.tmp{path.suffix}", f".{path.stem}.*.tmp.json")
+    names = [f".{path.stem}.*.{kind}{suffix}" for kind in ("tmp", "old") for suffix in (path.suffix, ".json")]
     return [p for pattern in names for p in path.parent.glob(pattern)]
+
+
+def _same_file(a: Path, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` name the same file (resolved through links; existing or not)."""
+    b = Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _check_name_length(out: Path, folder: Path) -> None:
+    try:
+        longest = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        longest = 255
+    if len(f".{out.stem}.12345678.tmp{out.suffix}".encode()) > longest:  # the temporary name atomic_path uses
+        raise InputError(f"the output name {out.name[:40]}... is too long; use a file name under {longest - 20} bytes")
 
 
 def check_output_path(
     out_path: str | os.PathLike, suffix: str, *inputs: str | os.PathLike, overwrite: bool = False
 ) -> Path:
     """Refuse an output that cannot be written, before any work: wrong suffix, a folder, an unwritable
-    location, one of the ``inputs`` themselves, or (unless ``overwrite``) an existing output or sidecar.
-    Temporary files a killed run left for this output are removed."""
+    location, a name too long, an output or sidecar that is one of the ``inputs``, or (unless ``overwrite``)
+    an existing output or sidecar. Temporary files a killed run left for this output are removed."""
     out = Path(out_path)
     if out.suffix.lower() != suffix:
         raise InputError(f"the output {out} must end in {suffix}")
-    if out.is_dir():
-        raise InputError(f"the output {out} is a folder; give a file name ending in {suffix}")
-    folder = next(p for p in out.absolute().parents if p.exists())  # nearest existing ancestor
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise InputError(f"cannot write {out}: {folder} is not a writable folder")
-    for src in inputs:
-        if src and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
-            raise InputError(f"the output {out} is the input file; choose another name")
     watched = [out, sidecar_path(out)] if suffix in (".mp4", ".png") else [out]  # these come with a JSON sidecar
+    for path in watched:
+        if path.is_dir():
+            raise InputError(f"the output {path} is a folder; give another output name ending in {suffix}")
+    folder = next(p for p in out.absolute().parents if p.exists())  # nearest existing ancestor
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {out}: {folder} is not a writable folder")
+    _check_name_length(out, folder)
+    for src in filter(None, inputs):
+        for path in watched:
+            if _same_file(path, src):
+                what = "the output" if path == out else "the output's sidecar"
+                raise InputError(f"{what} {path} is the input file {src}; choose another output name")
     existing = [p for p in watched if p.exists()]
     if existing and not overwrite:
         raise InputError(f"{existing[0]} exists; choose another output name or pass --overwrite")
     for stale in temporaries(out):
         stale.unlink(missing_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for files that appear together or not at all (a video and its sidecar).
+
+    Yields one temporary path per target; when all are written they replace the targets, and if a
+    rename fails the targets already replaced get their earlier files back."""
+    paths = [Path(p) for p in paths]
+    folders = [p for p in paths if p.is_dir()]
+    if folders:
+        raise InputError(f"cannot write {folders[0]}: it is a folder")
+    with contextlib.ExitStack() as stack:
+        temps = [stack.enter_context(_temporary(p)) for p in paths]
+        yield temps
+        for tmp in temps:
+            if not tmp.exists():
+                raise FileNotFoundError(f"nothing was written to the temporary file {tmp}")
+        backups = [stack.enter_context(_temporary(p, "old")) for p in paths]
+        done = []
+        try:
+            for path, tmp, backup in zip(paths, temps, backups):
+                if path.exists():
+                    os.replace(path, backup)  # the earlier file, kept until every rename has succeeded
+                done.append((path, backup))
+                os.replace(tmp, path)
+        except BaseException:
+            for path, backup in done:
+                os.replace(backup, path) if backup.exists() else path.unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def _temporary(path: Path, kind: str = "tmp") -> Iterator[Path]:
+    """A temporary name next to ``path``, deleted when the block ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.{kind}{path.suffix}")
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _json_default(obj):
@@ -124,9 +186,18 @@ def versions() -> dict:
     }
 
 
-def write_sidecar(video_path: str | os.PathLike, meta: dict) -> Path:
-    """Write ``meta`` plus ``versions`` and ``created`` (UTC, ISO 8601) next to ``video_path``."""
+def sidecar_text(meta: dict) -> str:
+    """The sidecar JSON: ``meta`` plus ``versions`` and ``created`` (UTC, ISO 8601)."""
     data = dict(meta)
     data.setdefault("versions", versions())
     data.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    return write_json_atomic(sidecar_path(video_path), data)
+    return to_json(data, indent=2) + "\n"
+
+
+def write_sidecar(video_path: str | os.PathLike, meta: dict) -> Path:
+    """Write ``meta`` plus ``versions`` and ``created`` next to ``video_path``, atomically."""
+    path = sidecar_path(video_path)
+    text = sidecar_text(meta)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path

@@ -74,6 +74,14 @@ def cmd_params(args) -> int:
     return 0
 
 
+def _threads(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of threads from 0 (torch's default) to 1024, got {text!r}"
+        )
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cvvae.commands import Parser
 
@@ -86,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an adapter (run under `accelerate launch` for several GPUs)")
     _add_config_args(p)
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint-STEP folder")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--threads", type=_threads, default=0, help="CPU threads for torch (0: torch's default)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="base vs adapted clips: flicker, PSNR/SSIM, side-by-side grids")
     p.add_argument("--adapter", required=True, help="adapter folder written by `train`")

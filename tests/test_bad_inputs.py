@@ -18,8 +18,10 @@ import torch
 from conftest import CLIP, IMAGE
 from safetensors.torch import save_file
 
+from app.__main__ import main as app_main
 from app.batch import main as batch_main
 from cvvae.cli import main as cvvae_main
+from cvvae.training.__main__ import main as training_main
 from finetune.__main__ import main as finetune_main
 
 TINY = ["--model", "tiny", "--device", "cpu"]
@@ -32,6 +34,90 @@ def png_header(path: Path, width: int, height: int) -> Path:
     body = b"".join(struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d)) for t, d in chunks)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
     return path
+
+
+def wide_png(path: Path, width: int, height: int) -> Path:
+    """A real (few-kilobyte) PNG of an extreme aspect ratio."""
+    from PIL import Image
+
+    Image.new("RGB", (width, height), (200, 100, 50)).save(path)
+    return path
+
+
+def ts_clip(path: Path, *sizes: tuple[int, int], rotation: int = 0) -> Path:
+    """A clip of three frames per ``(height, width)``: MPEG-TS files joined byte by byte change size
+    mid-stream; a ``.mp4`` path gets one size and a display matrix of ``rotation`` degrees."""
+    import av
+    import numpy as np
+
+    data = b""
+    for h, w in sizes:
+        part = path.with_suffix(f".{h}x{w}{path.suffix}")
+        with av.open(str(part), "w", format="mp4" if path.suffix == ".mp4" else "mpegts") as c:
+            s = c.add_stream("libx264", rate=12)
+            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            if rotation:
+                s.set_display_rotation(rotation)
+            frame = np.zeros((h, w, 3), np.uint8)
+            frame[: h // 4, : w // 4] = 255  # a white corner shows which way the frames turned
+            for _ in range(3):
+                c.mux(s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            c.mux(s.encode())
+        data += part.read_bytes()
+        part.unlink()
+    path.write_bytes(data)
+    return path
+
+
+def url_name(d: Path, name: str) -> Path:
+    ts_clip(d / "one.ts", (32, 64))
+    return Path(name.replace("ONE", str(d / "one.ts")))
+
+
+def copy(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def linked(d: Path, name: str) -> Path:
+    """A link in another folder to ``d/name``, a copy of the clip: the output resolves to the input."""
+    copy(CLIP, d / name)
+    (d / "elsewhere").mkdir()
+    (d / "elsewhere" / "in.mp4").symlink_to(d / name)
+    return d / "elsewhere" / "in.mp4"
+
+
+def sidecar_is_input(d: Path) -> list[str]:
+    clip = d / "o.json"  # a video whose name is the output's sidecar
+    clip.write_bytes(CLIP.read_bytes())
+    return ["reconstruct", str(clip), str(d / "o.mp4"), *TINY, "--frames", "1", "--overwrite"]
+
+
+def sidecar_is_a_folder(d: Path) -> list[str]:
+    (d / "o.mp4").write_bytes(b"an earlier result")
+    (d / "o.json").mkdir()
+    return rec(d, "--frames", "1", "--overwrite")
+
+
+def adapter(d: Path, **peft) -> list[str]:
+    """``generate`` with a LoRA adapter folder whose config holds ``peft``."""
+    folder = d / "ad"
+    folder.mkdir()
+    lora = {"r": 4, "lora_alpha": 4, "target_modules": "to_q", **peft}
+    info = {"format": "cvvae-unet-adapter", "format_version": 1, "mode": "lora", "peft_config": lora}
+    (folder / "adapter.json").write_text(json.dumps(info))
+    save_file({"base_model.model.conv_in.lora_A.weight": torch.zeros(4, 4)}, str(folder / "adapter.safetensors"))
+    return gen(d, "--adapter", str(folder))
+
+
+def yaml_file(d: Path, text: str) -> list[str]:
+    (d / "c.yaml").write_bytes(text.encode("utf-8", "surrogateescape"))  # \udcff is the byte 0xff
+    return ["train", "--config", str(d / "c.yaml")]
+
+
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+)
 
 
 def latents(path: Path, **meta) -> Path:
@@ -78,6 +164,11 @@ def readonly_folder(d: Path) -> list[str]:
     return gen(folder)
 
 
+def under_file(d: Path) -> Path:
+    (d / "file").write_text("x")
+    return d / "file"
+
+
 def under_a_file(d: Path) -> list[str]:
     (d / "file").write_text("x")
     return gen(d / "file")
@@ -104,8 +195,25 @@ def gen(d: Path, *extra, image=IMAGE) -> list[str]:
     return ["generate", "i2v", "--preset", "tiny", "--image", str(image), "--out", str(d / "o.mp4"), *extra]
 
 
+def dec_tensor(d: Path, z: torch.Tensor) -> list[str]:
+    save_file({"latents": z}, str(d / "z.safetensors"), metadata={"fps": "12.0", "model": "tiny"})
+    return ["decode", str(d / "z.safetensors"), str(d / "o.mp4"), *TINY]
+
+
 def dec(d: Path, **meta) -> list[str]:
     return ["decode", str(latents(d / "z.safetensors", **meta)), str(d / "o.mp4"), *TINY]
+
+
+def job(**settings) -> str:
+    """One batch job line: a valid t2v job with ``settings`` changed (None drops a key)."""
+    base = {"id": "a", "mode": "t2v", "prompt": "a cat", "seed": 1, "num_latent_frames": 2, "steps": 1}
+    return json.dumps({k: v for k, v in {**base, **settings}.items() if v is not None})
+
+
+def batch_bytes(d: Path, data: bytes) -> list[str]:
+    argv = batch(d, "")
+    (d / "j.jsonl").write_bytes(data)
+    return argv
 
 
 def batch(d: Path, line: str) -> list[str]:
@@ -113,8 +221,60 @@ def batch(d: Path, line: str) -> list[str]:
 
 
 ROOT = os.geteuid() == 0
+T2V = job()
 # (name, program, arguments built in folder d, words the error line must contain)
 CASES = [
+    # files: only regular local files, opened by path; sizes capped from the header, before decoding
+    ("concat: URL", cvvae_main, lambda d: rec(d, source=url_name(d, "concat:ONE|ONE")), "no URLs"),
+    ("file: URL", cvvae_main, lambda d: rec(d, source=url_name(d, "file:ONE")), "no URLs"),
+    ("http URL", cvvae_main, lambda d: rec(d, source="http://127.0.0.1:9/a.mp4"), "no URLs"),
+    ("URL as image", cvvae_main, lambda d: gen(d, image=url_name(d, "subfile:,,start,0,end,0,,:ONE")), "no URLs"),
+    ("device file", cvvae_main, lambda d: rec(d, source="/dev/zero"), "not a file"),
+    ("1000000x1 png", cvvae_main, lambda d: rec(d, "--height", "64", "--width", "64",
+                                                source=wide_png(d / "w.png", 1000000, 1)), "scale it down"),
+    ("1000000x1 png as image", cvvae_main, lambda d: gen(d, image=wide_png(d / "w.png", 1000000, 1)), "scale it"),
+    ("20000x2 png", cvvae_main, lambda d: rec(d, source=wide_png(d / "w.png", 20000, 2)), "scale it down"),
+    ("8000x1 png cropped", cvvae_main, lambda d: rec(d, "--height", "2048", "--width", "2048",
+                                                     source=wide_png(d / "w.png", 8000, 1)), "aspect ratio"),
+    ("8192x8192 video", cvvae_main, lambda d: rec(d, "--height", "64", "--width", "64",
+                                                  source=ts_clip(d / "big.ts", (8192, 8192))), "scale it down"),
+    ("size changes mid-stream", cvvae_main, lambda d: rec(d, source=ts_clip(d / "c.ts", (32, 64), (64, 64))),
+     "changes frame size"),
+    # outputs: never an input, video and sidecar together
+    ("input is the output's sidecar", cvvae_main, sidecar_is_input, "is the input file"),
+    ("image is the output's sidecar", cvvae_main, lambda d: gen(d, "--overwrite", image=copy(IMAGE, d / "o.json")),
+     "is the input file"),
+    ("output is the input", cvvae_main, lambda d: rec(d, "--overwrite", source=copy(CLIP, d / "o.mp4")),
+     "is the input file"),
+    ("output is a link to the input", cvvae_main, lambda d: rec(d, "--overwrite", source=linked(d, "o.mp4")),
+     "is the input file"),
+    ("sidecar is a folder", cvvae_main, sidecar_is_a_folder, "is a folder"),
+    ("output name too long", cvvae_main, lambda d: ["reconstruct", str(CLIP), str(d / ("x" * 250 + ".mp4")), *TINY],
+     "too long"),
+    # adapters: our LoRA fields only, as plain values; target patterns bounded
+    ("adapter pattern backtracks", cvvae_main, lambda d: adapter(d, target_modules="(.*){1,32000}[bc]"), "too long"),
+    ("adapter pattern invalid", cvvae_main, lambda d: adapter(d, target_modules="(to_q"), "regular expression"),
+    ("adapter pattern 10000 chars", cvvae_main, lambda d: adapter(d, target_modules="a" * 10000), "at most"),
+    ("adapter names not names", cvvae_main, lambda d: adapter(d, target_modules=["to_q", "a b"]), "module names"),
+    ("adapter rank as text", cvvae_main, lambda d: adapter(d, r="16"), "wrong type"),
+    ("adapter bias all", cvvae_main, lambda d: adapter(d, bias="all"), "bias"),
+    ("adapter matches nothing", cvvae_main, lambda d: adapter(d, target_modules="nothing_here"), "matches no layer"),
+    # latents and devices
+    ("latents NaN", cvvae_main, lambda d: dec_tensor(d, torch.full((1, 4, 2, 2, 2), float("nan"))), "NaN"),
+    ("latents Inf", cvvae_main, lambda d: dec_tensor(d, torch.full((1, 4, 2, 2, 2), float("inf"))), "NaN"),
+    ("latents zero frames", cvvae_main, lambda d: dec_tensor(d, torch.zeros(1, 4, 0, 2, 2)), "none empty"),
+    ("latents 0x0 grid", cvvae_main, lambda d: dec_tensor(d, torch.zeros(1, 4, 2, 0, 0)), "none empty"),
+    ("device meta", cvvae_main, lambda d: rec(d, "--device", "meta", "--model", "tiny"), "cannot run"),
+    ("device mps", cvvae_main, lambda d: rec(d, "--device", "mps", "--model", "tiny"), "MPS"),
+    ("device cuda", cvvae_main, lambda d: rec(d, "--device", "cuda:7", "--model", "tiny"), "cuda"),
+    ("generate device meta", cvvae_main, lambda d: gen(d, "--device", "meta"), "cannot run"),
+    ("batch device meta", batch_main, lambda d: [*batch(d, T2V), "--device", "meta"], "cannot run"),
+    # the app: serves only a folder of its own results, on a real port
+    ("app port 99999", app_main, lambda d: ["--port", "99999", "--outputs", str(d / "out")], "65535"),
+    ("app outputs under a file", app_main, lambda d: ["--outputs", str(under_file(d) / "out")], "is a file"),
+    ("app outputs a folder of other files", app_main, lambda d: ["--outputs", str(copy(IMAGE, d / "mine.jpg").parent)],
+     "did not write"),
+    ("app device meta", app_main, lambda d: ["--device", "meta", "--outputs", str(d / "out")], "cannot run"),
     ("huge size", cvvae_main, lambda d: rec(d, "--height", "100000", "--width", "96"), "at most 8192"),
     ("decompression bomb", cvvae_main, lambda d: rec(d, source=png_header(d / "b.png", 20000, 20000)), "scale it"),
     ("bomb as image", cvvae_main, lambda d: gen(d, image=png_header(d / "b.png", 20000, 20000)), "scale it"),
@@ -133,10 +293,31 @@ CASES = [
     ("output under a file", cvvae_main, under_a_file, "writable"),
     ("unknown option", cvvae_main, lambda d: rec(d, "--bogus"), "--bogus"),
     ("batch id with a newline", batch_main, lambda d: batch(d, json.dumps({"id": "a\n", "mode": "t2v"})), "id"),
+    ("batch 2nd job steps 0", batch_main, lambda d: batch(d, T2V + "\n" + job(id="b", steps=0)), "steps"),
+    ("batch 2nd job image missing", batch_main,
+     lambda d: batch(d, T2V + "\n" + job(id="b", mode="i2v", image="none.png", prompt=None)), "not a file"),
+    ("batch not UTF-8", batch_main, lambda d: batch_bytes(d, b'{"id": "\xff"}\n'), "UTF-8"),
+    ("batch 10 MB prompt", batch_main, lambda d: batch(d, job(prompt="x" * 10**7)), "at most"),
+    ("batch 33 AnimateDiff latents", batch_main,
+     lambda d: batch(d, json.dumps({"id": "a", "mode": "t2v", "prompt": "x", "num_latent_frames": 33})), "32"),
+    ("t2v 33 latents", cvvae_main, lambda d: ["generate", "t2v", "--preset", "tiny", "--prompt", "a cat",
+                                              "--num-latent-frames", "33", "--out", str(d / "o.mp4")], "32"),
     ("batch line is an array", batch_main, lambda d: batch(d, "[1, 2]"), "JSON object"),
     ("video list line is an array", finetune_main, lambda d: video_list(d, "[1, 2]"), "object with a 'path'"),
     ("video list fps nan", finetune_main, lambda d: video_list(d, json.dumps({"path": str(CLIP), "fps": "nan"})),
      "fps"),
+    # configs: bounded YAML, finite numbers, counts in range
+    ("yaml billion laughs", finetune_main, lambda d: yaml_file(d, BILLION_LAUGHS), "aliases"),
+    ("yaml nested 10000 deep", finetune_main, lambda d: yaml_file(d, "a: " + "[" * 10000 + "]" * 10000), "nested"),
+    ("yaml 2 MB", finetune_main, lambda d: yaml_file(d, "# " + "x" * 2_000_000), "larger than"),
+    ("config not UTF-8", finetune_main, lambda d: yaml_file(d, "train:\n  seed: \udcff"), "YAML"),
+    ("learning rate inf", finetune_main, lambda d: ["train", "train.learning_rate=.inf"], "finite"),
+    ("max steps inf", finetune_main, lambda d: ["train", "train.max_steps=.inf"], "integer"),
+    ("vae training steps nan", training_main, lambda d: ["steps=.nan"], "integer"),
+    ("vae training lr inf", training_main, lambda d: ["lr=.inf"], "finite"),
+    ("threads -1", finetune_main, lambda d: ["train", "--threads", "-1"], "threads"),
+    ("stop after -5", training_main, lambda d: ["--stop-after", "-5"], "step"),
+    ("override alias", finetune_main, lambda d: ["train", "train.seed=*a"], "aliases"),
     ("config value of the wrong type", finetune_main, lambda d: ["train", "train.max_steps=many"], "integer"),
 ]  # fmt: skip
 IDS = [case.values[0] if hasattr(case, "values") else case[0] for case in CASES]
@@ -198,3 +379,45 @@ def test_app_refuses_non_numbers_with_its_own_message(tmp_path):
     with pytest.raises(gr.Error, match="fps must be a number"):
         handlers.text_to_video("a cat", "", "animatediff", 0, 2, 7.5, "fast", 2, "64x64", "off")
     assert not list((tmp_path / "out").glob("*"))
+
+
+def test_rotated_video_is_read_upright_and_recorded(tmp_path, capsys):
+    """A phone video stored 64x32 with a quarter-turn display matrix reads as 32x64 frames, turned as shown."""
+    from cvvae.video import read_video
+
+    clip = ts_clip(tmp_path / "r.mp4", (32, 64), rotation=90)
+    frames, _ = read_video(clip)
+    assert frames.shape[1:3] == (64, 32)
+    assert frames[0, -8:, :4].min() > 200 and frames[0, :8, :4].max() < 50  # the white corner went down-left
+    assert cvvae_main(["reconstruct", str(clip), str(tmp_path / "o.mp4"), *TINY]) == 0
+    assert json.loads((tmp_path / "o.json").read_text())["rotation"] == 90
+
+
+def test_video_and_sidecar_commit_together(tmp_path, monkeypatch):
+    """When the sidecar's rename fails, the earlier video and sidecar are back as they were, with no leftovers."""
+    import numpy as np
+
+    from cvvae import outputs
+    from cvvae.video import write_video_and_sidecar
+
+    (tmp_path / "o.mp4").write_bytes(b"old video")
+    (tmp_path / "o.json").write_text("{}")
+    replace = os.replace
+
+    def failing(src, dst):
+        if Path(dst).name == "o.json" and ".tmp" in Path(src).name:
+            raise OSError("disk full")
+        replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_video_and_sidecar(tmp_path / "o.mp4", np.zeros((1, 16, 16, 3), np.uint8), 12.0, {"task": "test"})
+    assert (tmp_path / "o.mp4").read_bytes() == b"old video" and (tmp_path / "o.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "o.mp4"]
+
+
+def test_adapter_fields_beyond_ours_are_dropped():
+    from cvvae.pipelines.adapters import lora_settings
+
+    hostile = {"r": 4, "lora_alpha": 8, "megatron_core": "os", "megatron_config": {"a": 1}, "layers_pattern": "(a+)+"}
+    assert lora_settings(hostile) == {"r": 4, "lora_alpha": 8}

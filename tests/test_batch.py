@@ -18,11 +18,12 @@ def _jobs(tmp_path, lines):
 
 def test_batch_isolates_failures_and_resumes(tmp_path, capsys):
     Image.fromarray(np.full((48, 80, 3), 120, np.uint8)).save(tmp_path / "img.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")  # found up front, unreadable when its job runs
     jobs = _jobs(
         tmp_path,
         [
             {"id": "good1", "mode": "i2v", "image": "img.png", "num_latent_frames": 2, "seed": 1},
-            {"id": "lost", "mode": "i2v", "image": "missing.png"},
+            {"id": "lost", "mode": "i2v", "image": "broken.png"},
             {"id": "good2", "mode": "i2v", "image": "img.png", "num_latent_frames": 2, "fps": 24},
         ],
     )
@@ -40,7 +41,7 @@ def test_batch_isolates_failures_and_resumes(tmp_path, capsys):
     ]
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["id"]: r["status"] for r in results} == {"good1": "done", "lost": "failed", "good2": "done"}
-    assert "missing.png" in next(r["error"] for r in results if r["id"] == "lost")
+    assert "broken.png" in next(r["error"] for r in results if r["id"] == "lost")
     assert json.loads((out / "good2.json").read_text())["fps"] == 24
 
     rc = main([str(jobs), "--out-dir", str(out), "--preset", "tiny", "--quiet"])  # resume
@@ -57,6 +58,10 @@ def test_bad_jobs_files_exit_2(tmp_path, capsys):
         ([{"id": "../x", "mode": "t2v", "prompt": "x"}], "id"),
         ([{"id": "a", "mode": "t2v", "prompt": "x", "colour": "red"}], "unknown setting"),
         ([{"id": "a", "mode": "dance"}], "mode"),
+        (
+            [{"id": "a", "mode": "t2v", "prompt": "x"}, {"id": "b", "mode": "i2v", "image": "missing.png"}],
+            "not a file",
+        ),
     ]
     for lines, match in cases:
         rc = main([str(_jobs(tmp_path, lines)), "--out-dir", out, "--preset", "tiny", "--quiet"])

@@ -80,17 +80,83 @@ def lora_config_dict(config) -> dict:
     return {k: clean(v) for k, v in data.items()}
 
 
-def lora_config_from_dict(data: dict):
-    """Rebuild a ``peft.LoraConfig``, ignoring keys this peft version does not know."""
-    import dataclasses
+# The LoRA fields adapters use, each a plain value: every other field of an adapter's config is dropped.
+LORA_FIELDS = {
+    "r": int,
+    "lora_alpha": (int, float),
+    "lora_dropout": (int, float),
+    "target_modules": (str, list),
+    "bias": str,
+    "init_lora_weights": (bool, str),
+    "use_rslora": bool,
+}
+LORA_CHOICES = {"bias": ("none",), "init_lora_weights": (True, False, "gaussian")}
+MAX_PATTERN = 1000  # characters of a target_modules regular expression
+MATCH_SECONDS = 0.05  # per module name: a pathological expression is refused instead of hanging
 
+
+def lora_settings(data: dict) -> dict:
+    """The fields of ``LORA_FIELDS`` from an adapter's LoRA config, checked; InputError for anything else."""
+    import math
+
+    import regex
+
+    if not isinstance(data, dict):
+        raise InputError(f"the adapter's LoRA config must be a mapping, got {type(data).__name__}")
+    kept = {k: data[k] for k in LORA_FIELDS if data.get(k) is not None}
+    for key, value in kept.items():
+        if not isinstance(value, LORA_FIELDS[key]) or (key != "init_lora_weights" and isinstance(value, bool)) != (
+            LORA_FIELDS[key] is bool
+        ):
+            raise InputError(f"LoRA field {key} has a value of the wrong type: {value!r}")
+        if key in LORA_CHOICES and value not in LORA_CHOICES[key]:
+            raise InputError(f"LoRA field {key} must be one of {LORA_CHOICES[key]}, got {value!r}")
+    if not 1 <= kept.get("r", 8) <= 4096 or not math.isfinite(kept.get("lora_alpha", 8)):
+        raise InputError(
+            f"LoRA rank must be in 1..4096 and alpha finite, got {kept.get('r')}, {kept.get('lora_alpha')}"
+        )
+    if not 0 <= kept.get("lora_dropout", 0) < 1:
+        raise InputError(f"LoRA dropout must be in [0, 1), got {kept['lora_dropout']}")
+    targets = kept.get("target_modules")
+    if isinstance(targets, str):
+        if len(targets) > MAX_PATTERN:
+            raise InputError(f"LoRA target_modules is a pattern of {len(targets)} characters; at most {MAX_PATTERN}")
+        try:
+            regex.compile(targets)
+        except regex.error as err:
+            raise InputError(f"LoRA target_modules is not a valid regular expression ({err})") from err
+    elif isinstance(targets, list) and not all(
+        isinstance(t, str) and regex.fullmatch(r"[\w.]{1,200}", t) for t in targets
+    ):
+        raise InputError("LoRA target_modules must be module names (letters, digits, '_' and '.') or one pattern")
+    return kept
+
+
+def matching_modules(model: nn.Module, pattern: str) -> list[str]:
+    """The names of ``model``'s modules that ``pattern`` fully matches, each match bounded in time."""
+    import regex
+
+    try:
+        return [n for n, _ in model.named_modules() if n and regex.fullmatch(pattern, n, timeout=MATCH_SECONDS)]
+    except TimeoutError as err:
+        raise InputError(
+            f"LoRA target_modules {pattern[:60]!r} takes too long to match (a pathological pattern)"
+        ) from err
+
+
+def lora_config_from_dict(data: dict, model: nn.Module | None = None):
+    """Rebuild a ``peft.LoraConfig`` from the checked ``LORA_FIELDS`` only; with ``model``, a pattern in
+    ``target_modules`` is matched here (bounded) and peft gets the module names."""
     from peft import LoraConfig
 
-    known = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
-    kwargs = {k: v for k, v in data.items() if k in known and k not in ("peft_type", "peft_version", "task_type")}
-    for k in ("target_modules", "exclude_modules"):
-        if isinstance(kwargs.get(k), list):
-            kwargs[k] = set(kwargs[k])
+    kwargs = lora_settings(data)
+    if isinstance(kwargs.get("target_modules"), list):
+        kwargs["target_modules"] = set(kwargs["target_modules"])
+    elif model is not None and isinstance(kwargs.get("target_modules"), str):
+        names = matching_modules(model, kwargs["target_modules"])
+        if not names:
+            raise InputError(f"LoRA target_modules {kwargs['target_modules'][:60]!r} matches no layer of the UNet")
+        kwargs["target_modules"] = set(names)
     kwargs["inference_mode"] = True
     return LoraConfig(**kwargs)
 
@@ -127,10 +193,9 @@ def get_lora_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
 
 def add_lora(unet: nn.Module, config) -> nn.Module:
     """Inject fresh LoRA layers described by ``config`` (a LoraConfig or its dict) into ``unet``, in place."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import inject_adapter_in_model
 
-    if not isinstance(config, LoraConfig):
-        config = lora_config_from_dict(lora_config_dict(config))
+    config = lora_config_from_dict(lora_config_dict(config), unet)  # our fields only, pattern matched here
     return inject_adapter_in_model(config, unet, adapter_name=ADAPTER_NAME)
 
 

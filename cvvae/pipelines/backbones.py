@@ -32,6 +32,7 @@ class Backbone:
     takes_image: bool = False
     adapters: bool = False  # fine-tuned SVD UNet adapters apply
     video: bool = True  # False: one image (t2i)
+    max_latent_frames: int | None = None  # what its temporal layers can hold (AnimateDiff's motion module: 32)
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -118,7 +119,7 @@ for _b in (
     Backbone(
         "animatediff", "t2v", "AnimateDiff", builders.build_animatediff, animatediff_kwargs, ANIMATEDIFF, TINY_TEXT,
         {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-         "motion_adapter": "guoyww/animatediff-motion-adapter-v1-5-2"},
+         "motion_adapter": "guoyww/animatediff-motion-adapter-v1-5-2"}, max_latent_frames=32,
     ),
     Backbone(
         "sd21", "t2v", "SD 2.1 image -> SVD video", builders.build_sd21, sd21_kwargs, SVD_XT, TINY_VIDEO,

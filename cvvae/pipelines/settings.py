@@ -49,6 +49,12 @@ class GenerationSettings:
         else:
             what = "text-to-image" if self.mode == "t2i" else "text-to-video"
             _check(isinstance(self.prompt, str) and bool(self.prompt.strip()), f"{what} needs a non-empty prompt")
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name)
+            _check(
+                text is None or (isinstance(text, str) and len(text) <= MAX_PROMPT_CHARS),
+                f"{name} must be text of at most {MAX_PROMPT_CHARS} characters (the text encoders read 77 tokens)",
+            )
         t2v = backbones_for("t2v")
         _check(
             self.t2v_backbone in (None, *t2v),
@@ -86,7 +92,14 @@ class GenerationSettings:
         """A copy with every ``None`` default filled from ``preset`` (what the sidecar records)."""
         backbone = self.backbone(preset)
         d = preset.defaults(backbone)
-        _check(get_backbone(backbone).mode == self.mode, f"backbone {backbone!r} does not do {self.mode}")
+        record = get_backbone(backbone)
+        _check(record.mode == self.mode, f"backbone {backbone!r} does not do {self.mode}")
+        most = record.max_latent_frames
+        _check(
+            not most or not isinstance(self.num_latent_frames, int) or self.num_latent_frames <= most,
+            f"{record.label} takes at most {most} latent frames (its temporal layers hold {most} positions), "
+            f"got num_latent_frames={self.num_latent_frames}",
+        )
         return replace(
             self,
             t2v_backbone=backbone if self.mode == "t2v" else None,
@@ -106,6 +119,9 @@ class GenerationSettings:
         if unknown:
             raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
         return cls(**data)
+
+
+MAX_PROMPT_CHARS = 4000
 
 
 def _check(ok: bool, message: str) -> None:

@@ -6,6 +6,12 @@ import argparse
 import sys
 
 
+def _step(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a step number >= 1, got {text!r}")
+    return int(text)
+
+
 def _train_parser() -> argparse.ArgumentParser:
     from ..commands import Parser
 
@@ -18,7 +24,7 @@ def _train_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML config (see cvvae/training/configs/)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. loss.mapping=slice steps=200")
-    p.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this global step")
+    p.add_argument("--stop-after", type=_step, default=None, help="stop (with a checkpoint) after this global step")
     return p
 
 
