@@ -187,6 +187,12 @@ def run_batch(
             f"batch: {summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed "
             f"in {summary['seconds']} s (outcomes in {out_dir / RESULTS})"
         )
+    if state.num_processes > 1:  # leave the process group together: a group left to the interpreter's exit can
+        import torch.distributed as dist  # abort the process from gloo's threads ("terminate called ...")
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
     return summary
 
 
