@@ -79,6 +79,7 @@ def reconstruct_file(
     t0 = time.perf_counter()
     rec = vae.reconstruct(frames, sample=sample, generator=generator)
     seconds = time.perf_counter() - t0
+    described = vae.describe()
     result = {
         "frames": int(len(rec)),
         "height": int(rec.shape[1]),
@@ -100,9 +101,9 @@ def reconstruct_file(
         "seed": seed if sample else None,
         "side_by_side": side_by_side,
         "rotation": vio.rotation(in_path),  # degrees the source was turned to display upright
-        "tiling": vae.describe().get("tiling"),
-        "tiling_choice": vae.describe().get("tiling_choice"),  # what the default chose per stage, and why
-        "vae": vae.describe(),
+        "tiling": described.get("tiling"),
+        "tiling_choice": described.get("tiling_choice"),  # what the default chose per stage, and why
+        "vae": described,
         "dtype": dtype_name(vae.dtype),
         **result,
     }

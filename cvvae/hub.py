@@ -22,6 +22,20 @@ def default_subfolder(model: str, subfolder: str | None) -> str | None:
     return subfolder or (DEFAULT_SUBFOLDER if str(model) == CVVAE_HUB_ID else None)
 
 
+def resolve_subfolder(model: str, subfolder: str | None, variant: str | None = None) -> str | None:
+    """The subfolder that holds the CV-VAE of ``variant`` (``sd21`` or ``sd3``; None: whatever ``subfolder`` says).
+
+    The released repository keeps its SD3 model (``vae3d_sd3``) beside the SD 2.1 ones, so ``sd3`` with an
+    SD 2.1 subfolder (or none) means ``vae3d_sd3``; a local folder that is the model itself needs no subfolder.
+    """
+    if variant == "sd3" and (subfolder in CVVAE_SUBFOLDERS or (subfolder is None and model == CVVAE_HUB_ID)):
+        subfolder = SD3_SUBFOLDER
+    subfolder = default_subfolder(model, subfolder)
+    if subfolder and looks_local(model) and not (Path(model) / subfolder / "config.json").is_file():
+        subfolder = None if (Path(model) / "config.json").is_file() else subfolder
+    return subfolder
+
+
 def model_label(model: str, subfolder: str | None = None) -> str:
     """How outputs name a model: ``AILab-CVC/CV-VAE/vae3d_v1-1``, ``nano``, ``/models/cvvae``."""
     subfolder = default_subfolder(model, subfolder)

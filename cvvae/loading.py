@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
-from .hub import CVVAE_HUB_ID, CVVAE_SUBFOLDERS, SD3_SUBFOLDER, cache_first, default_subfolder, looks_local
+from .hub import cache_first, looks_local, resolve_subfolder
 from .model import MODEL_CLASSES, CVVAEModel, CVVAESD3Model, _CVVAEFamily
 
 # CV-VAEs small enough for CPU tests and machines without weights, with the released structures.
@@ -46,20 +46,6 @@ def model_class(model: str | Path, subfolder: str | None = None) -> type[_CVVAEF
     if name not in MODEL_CLASSES:
         raise ModelLoadError(f"{model} holds a {name}, not a CV-VAE ({', '.join(MODEL_CLASSES)})")
     return MODEL_CLASSES[name]
-
-
-def resolve_subfolder(model: str, subfolder: str | None, variant: str | None = None) -> str | None:
-    """The subfolder that holds the CV-VAE of ``variant`` (``sd21`` or ``sd3``; None: whatever ``subfolder`` says).
-
-    The released repository keeps its SD3 model (``vae3d_sd3``) beside the SD 2.1 ones, so ``sd3`` with an
-    SD 2.1 subfolder (or none) means ``vae3d_sd3``; a local folder that is the model itself needs no subfolder.
-    """
-    if variant == "sd3" and (subfolder in CVVAE_SUBFOLDERS or (subfolder is None and model == CVVAE_HUB_ID)):
-        subfolder = SD3_SUBFOLDER
-    subfolder = default_subfolder(model, subfolder)
-    if subfolder and looks_local(model) and not (Path(model) / subfolder / "config.json").is_file():
-        subfolder = None if (Path(model) / "config.json").is_file() else subfolder
-    return subfolder
 
 
 def load_vae(

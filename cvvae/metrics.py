@@ -168,10 +168,11 @@ def temporal_measures(frames: np.ndarray, reference: np.ndarray | None = None, m
     wobbly output cannot excuse itself), else from ``frames``; it is computed with the long side at most
     ``max_side`` (the short side at least 32 pixels).
     """
-    if len(_clip(frames)) < 2:
+    frames = _clip(frames)
+    if len(frames) < 2:
         return {"warping_error": 0.0, "motion": 0.0}
     scaled, pairs = _flow_pairs(frames, reference, max_side)
-    scale = _clip(frames).shape[2] / scaled.shape[2]  # flow pixels -> the clip's pixels
+    scale = frames.shape[2] / scaled.shape[2]  # flow pixels -> the clip's pixels
     errors, motion = [], []
     for t, (forward, mask) in enumerate(pairs):
         motion.append(float(np.sqrt(np.square(forward).sum(-1)).mean()) * scale)

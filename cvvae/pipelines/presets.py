@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import InputError, ModelLoadError
-from ..hub import CVVAE_HUB_ID, SD3_SUBFOLDER, missing_models
+from ..hub import CVVAE_HUB_ID, missing_models, resolve_subfolder
 from .backbones import BACKBONES, component_keys, get_backbone
 from .defaults import SVD, Defaults
 
@@ -98,7 +98,7 @@ def check_models(preset: str, backbone: str, components: dict | None = None, cvv
     record = get_backbone(backbone)
     parts = {**get_preset(preset).all_components(), **parse_components(components)}
     cvvae = parts["cvvae"]
-    subfolder = (SD3_SUBFOLDER if record.vae_variant == "sd3" else cvvae_subfolder) if cvvae == CVVAE_HUB_ID else None
+    subfolder = resolve_subfolder(cvvae, cvvae_subfolder, record.vae_variant) if cvvae == CVVAE_HUB_ID else None
     wanted = {"CV-VAE": (cvvae, subfolder), **{key: (parts[key], None) for key in record.components}}
     problems = missing_models(wanted)
     if problems:
