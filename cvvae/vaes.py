@@ -117,6 +117,11 @@ class VideoVAE:
         """Raw latents ``[1, C, n, h, w]`` -> float video ``[1, 3, T, f h, f w]`` in [-1, 1]."""
         raise NotImplementedError
 
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Video ``[1, 3, T, H, W]`` in [-1, 1] -> the Gaussian posterior's raw mean and log-variance, each
+        ``[1, C, n, h, w]`` (what a latent cache stores, to sample latents from at every training step)."""
+        raise InputError(f"{self.name} does not expose its posterior distribution")
+
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Repeat the last frame up to a length the VAE takes and edge pixels up to its spatial factor."""
         t, h, w = x.shape[2:]
@@ -176,6 +181,10 @@ class CVVAE(VideoVAE):
     def decode(self, z):
         return self.module.decode(self.place(z), tiling=self.tiling).sample
 
+    def posterior(self, x):
+        dist = self.module.encode(self.place(x), tiling=self.tiling).latent_dist
+        return dist.mean, dist.logvar
+
     @torch.inference_mode()
     def encode_frames(self, frames, sample=False, generator=None):
         return _mode_or_sample(self.module.encode_frames(frames, self.tiling), sample, generator)
@@ -223,6 +232,12 @@ class ImageVAEFrames(VideoVAE):
 
     def decode(self, z):
         return self._per_frame(self.place(z), self._decode_images)
+
+    def posterior(self, x):
+        x = self.pad(self.place(x))
+        params = self._per_frame(x, lambda f: self.module.encode(f).latent_dist.parameters)  # [1, 2C, T, h, w]
+        mean, logvar = params.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)  # the clamp diffusers' distribution applies
 
     def _decode_images(self, z: torch.Tensor) -> torch.Tensor:
         return self.module.decode(z).sample

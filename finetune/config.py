@@ -14,6 +14,7 @@ from cvvae.pipelines.defaults import LIMITS, MOTION_BUCKET_ID
 
 LORA_LAYERS = ("all", "spatial", "temporal")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+TRAIN_MODES = (*MODES, "full")  # full: the whole UNet (written as a UNet folder, not an adapter)
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 __all__ = ["ConfigError", "FinetuneConfig", "LatentCacheConfig", "LoraSettings", "ModelConfig", "load_config"]
 
@@ -48,9 +49,9 @@ class LatentCacheConfig:
     resize: str = "crop"  # "crop" (cover + centre crop) or "stretch"
     tiling: bool = True  # the model's default: whole clips when they fit the GPU, else the cheapest tiling that fits
 
-    @property
-    def num_frames(self) -> int:
-        return 1 + 4 * (self.num_latent_frames - 1)
+    def num_frames(self, temporal_factor: int = 4) -> int:
+        """Frames of one clip for a VAE of ``temporal_factor`` (CV-VAE: 1 + 4 (n - 1); an image VAE: n)."""
+        return 1 + temporal_factor * (self.num_latent_frames - 1)
 
     def validate(self):
         r = LIMITS["height"]  # the sizes generation takes
@@ -93,7 +94,7 @@ class AdapterTrainConfig:
     """How the adapter is trained (the ``train`` section)."""
 
     output_dir: str = "runs/finetune"
-    mode: str = "conv_out"  # conv_out | lora | lora+conv_out
+    mode: str = "conv_out"  # conv_out | lora | lora+conv_out | full
     max_steps: int = 5000  # optimizer steps
     batch_size: int = 1  # per GPU
     gradient_accumulation_steps: int = 1
@@ -125,10 +126,12 @@ class AdapterTrainConfig:
     num_workers: int = 0
     report_to: str = "tensorboard"  # or "none"
     merge_unet: bool = False  # also write the adapter merged into a full UNet folder
+    heldout_cache: str | None = None  # a latent cache of held-out clips: its EDM loss at every checkpoint
+    heldout_repeats: int = 4  # noise draws per held-out clip (fixed across checkpoints and runs)
 
     def validate(self):
-        if self.mode not in MODES:
-            raise ConfigError(f"train.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode not in TRAIN_MODES:
+            raise ConfigError(f"train.mode must be one of {', '.join(TRAIN_MODES)}, got {self.mode!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")

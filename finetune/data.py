@@ -104,9 +104,12 @@ def _read_list(path: Path) -> list[dict]:
     raise InputError(f"{path}: data.videos must be a folder, a video, or a .csv / .jsonl list")
 
 
-def plan_clips(sources: list[Source], cfg: LatentCacheConfig) -> tuple[list[Clip], list[dict]]:
-    """Cut every source into up to ``clips_per_video`` non-overlapping clips; unreadable/short ones are skipped."""
-    clips, skipped = [], []
+def plan_clips(
+    sources: list[Source], cfg: LatentCacheConfig, temporal_factor: int = 4
+) -> tuple[list[Clip], list[dict]]:
+    """Cut every source into up to ``clips_per_video`` non-overlapping clips of ``cfg.num_frames(temporal_factor)``
+    frames (the VAE's frames per latent); unreadable or short ones are skipped."""
+    clips, skipped, frames = [], [], cfg.num_frames(temporal_factor)
     for src in sources:
         try:
             info = probe(src.path)
@@ -115,14 +118,14 @@ def plan_clips(sources: list[Source], cfg: LatentCacheConfig) -> tuple[list[Clip
             continue
         fps = src.fps or info.fps
         stride = max(1, round(fps / cfg.fps)) if cfg.fps else cfg.stride
-        span = (cfg.num_frames - 1) * stride + 1  # source frames one clip covers
+        span = (frames - 1) * stride + 1  # source frames one clip covers
         count = min(cfg.clips_per_video, info.frames // span)
         if count < 1:
-            reason = f"too short: {info.frames} frames, a clip needs {span} ({cfg.num_frames} frames, stride {stride})"
+            reason = f"too short: {info.frames} frames, a clip needs {span} ({frames} frames, stride {stride})"
             skipped.append({"source": src.path, "reason": reason})
             continue
         for k in range(count):
-            clips.append(Clip(src.path, k * span, cfg.num_frames, stride, fps / stride, (cfg.height, cfg.width)))
+            clips.append(Clip(src.path, k * span, frames, stride, fps / stride, (cfg.height, cfg.width)))
     return clips, skipped
 
 
@@ -150,17 +153,19 @@ def _check_settings(cache_dir: Path, settings: dict, videos: str) -> None:
 def encode_clip(frames: np.ndarray, encoders: dict, tiling: dict | None = None) -> dict[str, torch.Tensor]:
     """Encode uint8 ``[T, H, W, 3]`` frames into the tensors one cache entry holds.
 
-    ``tiling`` is the CV-VAE tiling of this encode (changes to the model's settings; ``{"enabled":
-    False}`` for whole clips).
+    ``encoders["vae"]`` is a :class:`cvvae.vaes.VideoVAE`; ``tiling`` the CV-VAE tiling of this encode
+    (changes to the model's settings; ``{"enabled": False}`` for whole clips).
     """
     vae = encoders["vae"]
+    if tiling is not None and hasattr(vae, "tiling"):
+        vae.tiling = tiling
     x = frames_to_tensor(frames, device=vae.device, dtype=vae.dtype)  # [1, 3, T, H, W]
-    dist = vae.encode(x, tiling=tiling).latent_dist
+    mean, logvar = vae.posterior(x)  # [1, C, n, h, w] each
     first = frames_to_tensor(frames[:1])[:, :, 0]  # [1, 3, H, W] in [-1, 1]
     embeds = clip_image_embeds(encoders["image_encoder"], encoders["feature_extractor"], first)
     return {
-        "latents_mean": dist.mean[0].float().cpu(),
-        "latents_logvar": dist.logvar[0].float().cpu(),
+        "latents_mean": mean[0].float().cpu(),
+        "latents_logvar": logvar[0].float().cpu(),
         "cond_pixels": torch.from_numpy(np.ascontiguousarray(frames[0])).permute(2, 0, 1),  # [3, H, W] uint8
         "image_embeds": embeds[0].float().cpu(),
     }
@@ -206,14 +211,15 @@ def shard_meta(path: Path) -> tuple[list[dict], list[dict]]:
 def build_cache(cfg: LatentCacheConfig, encoders: dict, model_ids: dict, limit_shards: int | None = None) -> dict:
     """Build (or resume) the latent cache of ``cfg.videos`` in ``cfg.cache_dir``; returns the manifest.
 
-    ``encoders`` holds ``vae`` (CV-VAE), ``image_encoder`` and ``feature_extractor`` (SVD's CLIP).
+    ``encoders`` holds ``vae`` (a :class:`cvvae.vaes.VideoVAE`), ``image_encoder`` and ``feature_extractor``
+    (SVD's CLIP).
     ``limit_shards`` stops after writing that many new shards (for tests of resumption).
     """
     cache_dir = Path(cfg.cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     sources = list_sources(cfg.videos)
     _check_settings(cache_dir, cache_settings(cfg, model_ids), cfg.videos)
-    clips, skipped = plan_clips(sources, cfg)
+    clips, skipped = plan_clips(sources, cfg, encoders["vae"].temporal_factor)
     for item in skipped:
         log.warning("skipping %s: %s", item["source"], item["reason"])
     shards = [clips[i : i + cfg.shard_size] for i in range(0, len(clips), cfg.shard_size)]
@@ -228,7 +234,7 @@ def build_cache(cfg: LatentCacheConfig, encoders: dict, model_ids: dict, limit_s
                 return {}
             _write_shard(path, group, cfg, encoders, pbar)
             written += 1
-    scaling = LatentScaling.of(encoders["vae"])
+    scaling = encoders["vae"].scaling
     return _write_manifest(cache_dir, len(shards), skipped, model_ids, scaling, cfg)
 
 

@@ -20,15 +20,24 @@ LAYER_PATTERNS = {
 
 def model_ids(cfg: ModelConfig) -> dict:
     """How the cache and the adapter name the models they belong to."""
-    cvvae = cfg.cvvae if cfg.cvvae == "tiny" else model_label(cfg.cvvae, cfg.cvvae_subfolder)
+    from cvvae.vaes import VAE_SPECS
+
+    cvvae = cfg.cvvae if cfg.cvvae in VAE_SPECS else model_label(cfg.cvvae, cfg.cvvae_subfolder)
     return {"base_unet": cfg.base, "cvvae": cvvae}
 
 
-def load_cvvae(cfg: ModelConfig, device=None, dtype=None):
-    """The frozen CV-VAE (``tiny``: the one the ``tiny`` preset uses)."""
-    from cvvae.loading import load_vae
+def load_cvvae(cfg: ModelConfig, device=None, dtype=None, tiling: dict | None = None):
+    """The frozen video VAE whose latents the UNet learns, as a :class:`cvvae.vaes.VideoVAE`: a VAE spec
+    (``tiny``, ``nano``, ``nano-2d``, ...: ``cvvae.vaes.VAE_SPECS``) or a CV-VAE hub id / folder (with
+    ``cvvae_subfolder``). An image VAE (``nano-2d``) gives SVD's own world: one latent per frame."""
+    from cvvae.vaes import VAE_SPECS, load_video_vae
 
-    return load_vae(cfg.cvvae, subfolder=cfg.cvvae_subfolder, device=device, dtype=dtype).requires_grad_(False)
+    options = {"tiling": tiling} if tiling is not None else {}
+    if cfg.cvvae not in VAE_SPECS:
+        options["subfolder"] = cfg.cvvae_subfolder
+    vae = load_video_vae(cfg.cvvae, device=device, dtype=dtype, **options)
+    vae.module.requires_grad_(False)
+    return vae
 
 
 def load_encoders(cfg: ModelConfig, device=None, dtype=None) -> dict:
@@ -85,7 +94,7 @@ def setup_trainable(unet: nn.Module, mode: str, lora: LoraSettings, seed: int = 
     """Freeze ``unet`` and make the parameters of ``mode`` trainable (fp32); returns the PEFT config dict."""
     from cvvae.pipelines.adapters import add_lora, lora_config_dict
 
-    unet.requires_grad_(False)
+    unet.requires_grad_(mode == "full")  # full: every weight (training from scratch, e.g. the nano SVD)
     peft_config = None
     if "lora" in mode:
         config = lora_config(lora)

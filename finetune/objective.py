@@ -35,10 +35,11 @@ def precondition(sigma: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def conditioning_latent(vae, cond_pixels: torch.Tensor, strength: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The image latent ``[B, C, h, w]`` of uint8 first frames ``[B, 3, H, W]``, as generation builds it."""
+    """The image latent ``[B, C, h, w]`` of uint8 first frames ``[B, 3, H, W]``, as generation builds it
+    (``vae``: a :class:`cvvae.vaes.VideoVAE`)."""
     pixels = cond_pixels.float() / 127.5 - 1.0  # uint8 -> [-1, 1]
     with torch.no_grad():
-        return conditioning.image_latent(vae, conditioning.augment_image(pixels, strength, noise)).float()
+        return conditioning.image_latent(vae.module, conditioning.augment_image(pixels, strength, noise)).float()
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -76,7 +77,7 @@ def edm_loss(
     cond, embeds = cond * keep.view(b, 1, 1, 1), embeds * keep.view(b, 1, 1)  # CFG: zeros = unconditional
     cond = cond.unsqueeze(1).expand(-1, latents.shape[1], -1, -1, -1)  # [B, C, h, w] -> [B, n, C, h, w]
 
-    fps = torch.tensor([conditioning.fps_id(float(f), vae.config.time_n_compress) for f in batch["fps"]])
+    fps = torch.tensor([conditioning.fps_id(float(f), vae.temporal_factor) for f in batch["fps"]])
     ids = conditioning.time_ids(fps, cfg.motion_bucket_id, aug.cpu()).to(device)  # [B, 3]
     inp = torch.cat([pre["c_in"] * noisy, cond.to(noisy.dtype)], dim=2)  # [B, n, 2C, h, w]
     pred = unet(inp, pre["c_noise"].flatten(), encoder_hidden_states=embeds, added_time_ids=ids).sample

@@ -103,12 +103,19 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return checkpoints.list_checkpoints(output_dir, CKPT_PREFIX)
 
 
-def _check_cache(dataset: LatentCache, cfg: FinetuneConfig) -> None:
-    have, want = dataset.manifest.get("models", {}), model_ids(cfg.model)
-    if have != want:
-        raise InputError(f"the latent cache {dataset.cache_dir} was built for {have}, but this run uses {want}")
-    if len(dataset) < cfg.train.batch_size:
-        raise InputError(f"the cache holds {len(dataset)} clips, fewer than train.batch_size={cfg.train.batch_size}")
+def _check_cache(dataset: LatentCache, cfg: FinetuneConfig, processes: int = 1) -> None:
+    """The cache (and the held-out cache) belong to this run's models and hold a batch for every process."""
+    want = model_ids(cfg.model)
+    for cache in (dataset, LatentCache(cfg.train.heldout_cache) if cfg.train.heldout_cache else None):
+        have = cache.manifest.get("models", {}) if cache else want
+        if have != want:
+            raise InputError(f"the latent cache {cache.cache_dir} was built for {have}, but this run uses {want}")
+    need = cfg.train.batch_size * processes
+    if len(dataset) < need:
+        raise InputError(
+            f"the cache holds {len(dataset)} clips, fewer than train.batch_size={cfg.train.batch_size} x "
+            f"{processes} process(es); add clips or lower train.batch_size"
+        )
 
 
 def build_training(cfg: FinetuneConfig):
@@ -128,7 +135,7 @@ def build_training(cfg: FinetuneConfig):
     )
     set_seed(t.seed)
     dataset = LatentCache(cfg.data.cache_dir)
-    _check_cache(dataset, cfg)
+    _check_cache(dataset, cfg, accelerator.num_processes)
     unet = load_unet(cfg.model)
     peft_config = setup_trainable(unet, t.mode, cfg.lora, seed=t.seed)
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision, torch.float32)
@@ -173,11 +180,12 @@ def train(cfg: FinetuneConfig, resume: str | None = None) -> dict:
     if t.report_to != "none":
         accelerator.init_trackers("finetune", config={k: str(v) for k, v in _flat(cfg.to_dict()).items()})
     loss_value = _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state)
-    adapter = None
+    result = None
     if state.step >= t.max_steps:
-        adapter = save_final(cfg, accelerator, unet, peft_config, dataset, state.step)
+        result = save_final(cfg, accelerator, unet, peft_config, dataset, state.step)
     accelerator.end_training()
-    return {"step": state.step, "loss": loss_value, "adapter": str(adapter) if adapter else None}
+    key = "unet" if t.mode == "full" else "adapter"
+    return {"step": state.step, "loss": loss_value, key: str(result) if result else None}
 
 
 def _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state: TrainState) -> float:
@@ -218,6 +226,8 @@ def _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state: Trai
                 accelerator.log({"loss": loss_value, "lr": scheduler.get_last_lr()[0]}, step=state.step)
             if state.step % t.checkpoint_every == 0 or state.step == stop:
                 save_checkpoint(accelerator, unet, optimizer, scheduler, state, out, t.keep_checkpoints)
+                if t.heldout_cache and accelerator.is_main_process:
+                    _log_heldout(cfg, accelerator, unet, vae, state.step)
             if t.sample_every and state.step % t.sample_every == 0:
                 _sample(cfg, accelerator, unet, state.step)
             if state.step >= stop:
@@ -228,6 +238,38 @@ def _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state: Trai
     return loss_value
 
 
+HELDOUT_LOG = "heldout.jsonl"
+
+
+def heldout_loss(unet, vae, cache: LatentCache, cfg, repeats: int, batch_size: int = 8) -> float:
+    """Mean EDM loss over every clip of ``cache``, ``repeats`` draws each, from generators fixed by (clip,
+    draw) alone: the same draws at every checkpoint and in every run, so losses compare across learning rates."""
+    t = cfg.train
+    items = [(i, r) for i in range(len(cache)) for r in range(repeats)]
+    device = next(unet.parameters()).device
+    total, was_training = 0.0, unet.training
+    unet.eval()
+    with torch.no_grad():
+        for k in range(0, len(items), batch_size):
+            part = items[k : k + batch_size]
+            batch = torch.utils.data.default_collate([cache[i] for i, _ in part])
+            batch = {name: v.to(device) for name, v in batch.items()}
+            gens = [sample_generator(10**9 + i, r) for i, r in part]  # never a training sample's stream
+            total += edm_loss(unet, vae, batch, t, cache.scaling, gens).item() * len(part)
+    unet.train(was_training)
+    return total / len(items)
+
+
+def _log_heldout(cfg, accelerator, unet, vae, step: int) -> None:
+    """Append ``{"step", "heldout_loss"}`` to ``OUTPUT/heldout.jsonl`` (and to the trackers)."""
+    cache = LatentCache(cfg.train.heldout_cache)
+    with accelerator.autocast():
+        loss = heldout_loss(accelerator.unwrap_model(unet), vae, cache, cfg, cfg.train.heldout_repeats)
+    accelerator.log({"heldout_loss": loss}, step=step)
+    with open(cfg.output_dir / HELDOUT_LOG, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, "heldout_loss": loss}) + "\n")
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     flat = {}
     for k, v in d.items():
@@ -236,10 +278,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def save_final(cfg, accelerator, unet, peft_config, dataset, step: int) -> Path | None:
-    """Write ``OUTPUT/adapter`` (and ``OUTPUT/unet`` merged, when asked) from the main process."""
+    """Write ``OUTPUT/adapter`` (and ``OUTPUT/unet`` merged, when asked) from the main process; mode
+    ``full`` writes only ``OUTPUT/unet``, a whole diffusers UNet folder."""
     from cvvae.pipelines.adapters import save_adapter
 
     accelerator.wait_for_everyone()
+    if cfg.train.mode == "full":
+        folder = cfg.output_dir / "unet"
+        if accelerator.is_main_process:
+            save_unet(accelerator.unwrap_model(unet), folder)
+        accelerator.wait_for_everyone()
+        return folder
     folder = cfg.output_dir / "adapter"
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(unet)
@@ -257,6 +306,11 @@ def merge_to_unet(model_cfg, adapter: Path, out: Path) -> Path:
     unet = load_unet(model_cfg)
     apply_adapter(unet, adapter)
     merge_adapter(unet)
+    return save_unet(unet, out)
+
+
+def save_unet(unet, out: Path) -> Path:
+    """``unet.save_pretrained`` (fp32 safetensors) into a temporary folder renamed to ``out`` when complete."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     unet.save_pretrained(tmp, safe_serialization=True)

@@ -94,6 +94,7 @@ def test_training_conditioning_equals_generation(cache):
 
     from cvvae.pipelines.svd import CVVAEVideoPipeline
     from cvvae.pipelines.tiny import build_tiny_svd
+    from cvvae.vaes import as_video_vae
     from finetune.data import LatentCache
     from finetune.objective import conditioning_latent
 
@@ -116,8 +117,9 @@ def test_training_conditioning_equals_generation(cache):
     pipe(image, num_latent_frames=2, height=64, width=64, num_inference_steps=1, fps=24, noise_aug_strength=strength,
          generator=torch.Generator().manual_seed(5), output_type="latent")  # fmt: skip
     noise = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))  # the pipeline's first draw
+    vae = as_video_vae(pipe.vae)
     with torch.no_grad():
-        train_cond = conditioning_latent(pipe.vae, item["cond_pixels"][None], torch.tensor([strength]), noise)
+        train_cond = conditioning_latent(vae, item["cond_pixels"][None], torch.tensor([strength]), noise)
     torch.testing.assert_close(train_cond, seen["cond"][:, 0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(item["image_embeds"][None], seen["embeds"], atol=1e-5, rtol=1e-4)
     from cvvae.pipelines.conditioning import fps_id, time_ids
@@ -126,7 +128,7 @@ def test_training_conditioning_equals_generation(cache):
         time_ids(fps_id(24.0, pipe.vae.config.time_n_compress), 127, torch.tensor([strength])), seen["ids"].float()
     )
     # latent noise of the old objective is not what inference does: pixel noise moves the latent differently
-    assert (train_cond - conditioning_latent(pipe.vae, item["cond_pixels"][None], 0.0, noise)).abs().max() > 1e-3
+    assert (train_cond - conditioning_latent(vae, item["cond_pixels"][None], 0.0, noise)).abs().max() > 1e-3
 
 
 def test_cache_tiling_flag_means_what_it_says(cache, tmp_path):
@@ -137,9 +139,10 @@ def test_cache_tiling_flag_means_what_it_says(cache, tmp_path):
 
     root, _ = cache
     enc = load_encoders(_cfg(root).model)
-    enc["vae"].enable_tiling(frames_per_window=4, tile_size=32)  # a model whose own settings tile
-    seen, encode = [], enc["vae"].encode
-    enc["vae"].encode = lambda x, tiling=None: seen.append(tiling) or encode(x, tiling=tiling)
+    model = enc["vae"].module
+    model.enable_tiling(frames_per_window=4, tile_size=32)  # a model whose own settings tile
+    seen, encode = [], model.encode
+    model.encode = lambda x, tiling=None: seen.append(tiling) or encode(x, tiling=tiling)
     for flag, expected in (("false", {"enabled": False}), ("true", {})):
         cfg = _cfg(root, f"data.videos={root / 'videos'}", f"data.tiling={flag}")
         clips, _ = data.plan_clips(data.list_sources(cfg.data.videos), cfg.data)
@@ -220,7 +223,7 @@ def test_kill_and_resume_matches_straight_run(cache):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.mode=full", "train.mode must be one of"),
+        ("train.mode=half", "train.mode must be one of"),
         ("data.height=100", "multiples of 64"),
         ("train.learning_rate=fast", "must be a number"),
         ("train.lr=1", "unknown config key"),

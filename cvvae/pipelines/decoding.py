@@ -90,8 +90,11 @@ class CVVAEDecodingMixin:
         and tiles, or the native VAE's frames per batch (``frames_per_window``)."""
         check_output_choices("latent", vae)
         tiling = tiling or {}
-        if vae == "cvvae":
-            return CVVAE(self.vae, "cvvae", tiling or None)
+        if vae == "cvvae":  # the VAE of the latent space (CV-VAE; an image VAE in SVD's own world)
+            own = as_video_vae(self.vae, "cvvae")
+            if isinstance(own, CVVAE):
+                own.tiling = tiling or None
+            return own
         if getattr(self, "native_vae", None) is None:
             raise InputError("vae='native' needs the backbone's own VAE, which this pipeline was built without")
         native = as_video_vae(self.native_vae, "native")
@@ -125,4 +128,4 @@ class CVVAEDecodingMixin:
 
     def frame_rate(self, fps: float, vae: str) -> float:
         """The output rate of ``vae``'s frames for an output ``fps`` of CV-VAE's."""
-        return output_fps(fps, CVVAE(self.vae), self.decoder(vae))
+        return output_fps(fps, as_video_vae(self.vae), self.decoder(vae))

@@ -20,6 +20,7 @@ from diffusers import StableVideoDiffusionPipeline
 from diffusers.video_processor import VideoProcessor
 
 from ..errors import InputError
+from ..vaes import as_video_vae
 from . import conditioning
 from .decoding import CVVAEDecodingMixin, CVVAEVideoOutput, check_frames_and_size, check_output_choices
 from .defaults import MAX_GUIDANCE, MIN_GUIDANCE, MOTION_BUCKET_ID, NOISE_AUG_STRENGTH, SVD_XT
@@ -39,7 +40,7 @@ class CVVAEVideoPipeline(CVVAEDecodingMixin, StableVideoDiffusionPipeline):
             vae=None, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor
         )
         self.register_modules(vae=vae, native_vae=native_vae)
-        self.vae_scale_factor = vae.config.spatial_n_compress
+        self.vae_scale_factor = as_video_vae(vae).spatial_factor
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.vae_scale_factor)
 
     # ----------------------------------------------------------------------------- conditioning
@@ -101,7 +102,7 @@ class CVVAEVideoPipeline(CVVAEDecodingMixin, StableVideoDiffusionPipeline):
         """
         self.check_call(image, num_latent_frames, height, width, output_type, vae)  # 1
         cond_fps = (
-            conditioning.fps_id(fps, self.vae.config.time_n_compress)
+            conditioning.fps_id(fps, as_video_vae(self.vae).temporal_factor)
             if conditioning_fps is None
             else float(conditioning_fps)
         )  # 2
