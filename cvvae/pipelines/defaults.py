@@ -22,6 +22,9 @@ SVD_XT = Defaults(25, 576, 1024, 25, 28.0)  # 25 latents -> 97 frames; fps id 28
 SVD = Defaults(14, 576, 1024, 25, 28.0)  # 14 latents -> 53 frames
 ANIMATEDIFF = Defaults(16, 512, 512, 25, 32.0)  # 16 latents -> 61 frames; AnimateDiff's 8 fps x 4
 SD3 = Defaults(1, 1024, 1024, 28, 0.0, guidance=7.0)  # text -> image: one latent frame; SD3's guidance
+NANO = Defaults(
+    5, 64, 64, 25, 30.0
+)  # the nano SVD: 5 latents -> 17 frames at 64x64; fps id 30 / 4 - 1 = 6.5, as trained
 TINY_VIDEO = Defaults(3, 64, 64, 2, 28.0)  # the random 'tiny' preset: 3 latents -> 9 frames
 TINY_TEXT = Defaults(3, 64, 64, 2, 32.0)
 TINY_IMAGE = Defaults(1, 64, 64, 2, 0.0, guidance=7.0)

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from ..errors import InputError, ModelLoadError
 from ..hub import CVVAE_HUB_ID, missing_models, resolve_subfolder
+from ..weights import NANO_SVD
 from .backbones import BACKBONES, component_keys, get_backbone
-from .defaults import SVD, Defaults
+from .defaults import NANO, SVD, Defaults
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,13 @@ PRESETS: dict[str, Preset] = {
         backbones={"i2v": "svd", "t2v": "sd21", "t2i": "sd3"},
     ),
     "sd3": Preset("sd3", "SD3 text->image decoded by CV-VAE-SD3 (16 latent channels), 1024x1024"),
+    "nano": Preset(
+        "nano",
+        "nano SVD (8 M parameters) and nano CV-VAE, small models trained on a CPU: image->video, 17 frames at 64x64",
+        {"svd": str(NANO_SVD), "cvvae": "nano"},
+        backbones={"i2v": "svd"},
+        overrides={"svd": NANO},
+    ),
     "tiny": Preset(
         "tiny", "tiny RANDOM components built in-process (tests, machines without weights)", random_weights=True
     ),
