@@ -73,15 +73,18 @@ def world_frames(clip: np.ndarray, world: str) -> np.ndarray:
     return clip if world == "cvvae" else clip[::4]
 
 
-def measure(frames: np.ndarray, cond: np.ndarray, world: str) -> dict:
-    """The per-clip measures (``MEASURES``) of uint8 ``frames`` conditioned on ``cond`` ([H, W, 3])."""
+def measure(frames: np.ndarray, cond: np.ndarray | None, world: str) -> dict:
+    """The per-clip measures (``MEASURES``) of uint8 ``frames`` conditioned on ``cond`` ([H, W, 3]; None for
+    clips that are not generated from it). Undefined measures (a still clip has no spectrum) are None."""
     from cvvae import metrics
 
     row = dict(metrics.flicker(frames))
-    if world == "cvvae":
+    still = not np.any(frames != frames[:1])
+    if world == "cvvae" and not still:
         row["group_seam"] = metrics.group_seams(frames, 4)["ratio"]
         row["group_pulse"] = metrics.group_spectrum(frames, 4)["ratio"]
-    row["frame0_psnr"] = metrics.psnr(frames[:1], cond[None])
+    if cond is not None:
+        row["frame0_psnr"] = metrics.psnr(frames[:1], cond[None])
     return row
 
 
@@ -139,7 +142,7 @@ class Runner:
         if file.is_file():
             return json.loads(file.read_text(encoding="utf-8"))
         frames = self.frames(arm, path, seed)
-        cond = world_frames(self.real(path), arm.world)[0]
+        cond = None if (arm.real and not arm.vae) or arm.frozen else world_frames(self.real(path), arm.world)[0]
         row = {"clip": path.stem, "seed": seed, **measure(frames, cond, arm.world)}
         latent_vae = self.vae("nano" if arm.world == "cvvae" else "nano-2d")
         z = latent_vae.encode_frames(frames)[0].float().numpy()  # [C, n, h, w]
@@ -245,21 +248,55 @@ def _cell(entry: dict | None, key: str = "mean", ci: str = "ci") -> str:
     return f"{entry[key]:.4g} [{lo:.3g}, {hi:.3g}]"
 
 
-def markdown(summary: dict, frechet: dict, baseline: str) -> str:
+def markdown(summary: dict, frechet: dict, differences: dict[str, dict]) -> str:
+    """The table of every arm, then one table of paired differences per baseline (``differences``: baseline
+    name -> :func:`summarise` against it, restricted to the arms compared with it)."""
     cols = [*MEASURES, "latent_frechet"]
-    head = "| arm | " + " | ".join(LABELS[c] for c in cols) + " |\n|" + "---|" * (1 + len(cols)) + "\n"
-    lines = []
+    text = "| arm | " + " | ".join(LABELS[c] for c in cols) + " |\n|" + "---|" * (1 + len(cols)) + "\n"
     for arm, entries in summary.items():
         cells = [_cell(entries.get(m)) for m in MEASURES] + [_cell(frechet.get(arm))]
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    diff_head = f"\n\nPaired difference to `{baseline}` (mean over held-out clips, 95% bootstrap interval):\n\n"
-    diff_head += "| arm | " + " | ".join(LABELS[m] for m in MEASURES) + " |\n|" + "---|" * (1 + len(MEASURES)) + "\n"
-    diffs = [
-        f"| {arm} | " + " | ".join(_cell(e.get(m), "diff", "diff_ci") for m in MEASURES) + " |"
-        for arm, e in summary.items()
-        if any("diff" in v for v in e.values())
-    ]
-    return head + "\n".join(lines) + diff_head + "\n".join(diffs) + "\n"
+        text += f"| {arm} | " + " | ".join(cells) + " |\n"
+    for baseline, table in differences.items():
+        text += f"\nPaired difference to `{baseline}` (mean over held-out clips, 95% bootstrap interval):\n\n"
+        text += "| arm | " + " | ".join(LABELS[m] for m in MEASURES) + " |\n|" + "---|" * (1 + len(MEASURES)) + "\n"
+        for arm, e in table.items():
+            text += f"| {arm} | " + " | ".join(_cell(e.get(m), "diff", "diff_ci") for m in MEASURES) + " |\n"
+    return text
+
+
+def gate(summary: dict, frechet: dict) -> dict:
+    """The protocol's gate: in its own world the nano SVD moves like real clips (flow within 0.5x-2x of the real
+    clips', latent-dynamics Fréchet below that of the first frame held still)."""
+    ratio = summary["2-D: nano SVD"]["motion"]["mean"] / summary["2-D: real"]["motion"]["mean"]
+    fd, frozen = frechet["2-D: nano SVD"]["mean"], frechet["2-D: frozen"]["mean"]
+    return {
+        "motion_ratio": ratio,
+        "frechet": fd,
+        "frechet_frozen": frozen,
+        "passed": 0.5 <= ratio <= 2 and fd < frozen,
+    }
+
+
+def decide(vs_untuned: dict, vs_control: dict, untuned: dict) -> dict[str, dict]:
+    """The protocol's decision rule for every tuned arm (see ``docs/fine-tuning.md``)."""
+    verdicts = {}
+    motion = untuned["motion"]["mean"]
+    for arm, e in vs_untuned.items():
+        if "warping_error" not in e or "diff_ci" not in e["warping_error"]:
+            continue
+        lower = e["warping_error"]["diff_ci"][1] < 0
+        keeps_motion = not e["motion"]["diff_ci"][1] < -0.1 * motion
+        control = vs_control.get(arm, {}).get("warping_error", {})
+        beats_control = "diff_ci" in control and control["diff_ci"][1] < 0
+        seam = e.get("group_seam", {})
+        verdicts[arm] = {
+            "lower_warping_error": lower,
+            "keeps_motion": keeps_motion,
+            "beats_control": beats_control,
+            "reduces_flicker": lower and keeps_motion and beats_control,
+            "reduces_seam": "diff_ci" in seam and seam["diff_ci"][1] < 0,
+        }
+    return verdicts
 
 
 def strips(exp: Experiment, arms: list[Arm], clip: str, seed: int) -> Path:
@@ -319,11 +356,29 @@ def main(argv=None) -> int:
         exp = Experiment(args.heldout, args.out, args.svd, arms, args.seeds, args.steps, args.resamples)
         rows = Runner(exp).run()
         summary = summarise(rows, "untuned", exp.resamples)
+        tuned = [a.name for a in arms if a.adapter]
+        vs_untuned = {a: summary[a] for a in tuned}
+        control = "C" if "C" in rows else None
+        vs_control = {}
+        if control:
+            vs_control = {
+                a: v for a, v in summarise(rows, control, exp.resamples).items() if a in tuned and a != control
+            }
         frechet = latent_frechet(exp, rows, arms, exp.resamples)
-        text = markdown(summary, frechet, "untuned")
+        verdicts = decide(vs_untuned, vs_control, summary["untuned"])
+        text = markdown(summary, frechet, {"untuned": vs_untuned, **({control: vs_control} if control else {})})
+        checked = gate(summary, frechet)
+        text += "\nGate: " + json.dumps(checked) + "\n\nDecision rule: " + json.dumps(verdicts, indent=1) + "\n"
         from cvvae.outputs import write_json_atomic
 
-        write_json_atomic(exp.out / "results.json", {"summary": summary, "latent_frechet": frechet})
+        results = {
+            "gate": checked,
+            "summary": summary,
+            "versus_control": vs_control,
+            "latent_frechet": frechet,
+            "verdicts": verdicts,
+        }
+        write_json_atomic(exp.out / "results.json", results)
         (exp.out / "results.md").write_text(text, encoding="utf-8")
         first = heldout_clips(exp.heldout)[0].stem
         strips(exp, arms, first, exp.seeds[0])

