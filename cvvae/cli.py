@@ -234,7 +234,10 @@ def run_decode(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- generate
 
-DEFAULT_PRESET = {"i2v": "svd-xt", "t2v": "animatediff", "t2i": "sd3"}
+DEFAULT_PRESET = {"i2v": None, "t2v": "animatediff", "t2i": "sd3"}  # i2v: svd-xt, or nano on a CPU without it
+
+
+I2V_DEFAULT = "svd-xt with a GPU or its weights cached, else nano"
 
 
 def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
@@ -249,7 +252,7 @@ def _add_generate_options(p: argparse.ArgumentParser, mode: str) -> None:
         "--preset",
         choices=sorted(PRESETS),
         default=DEFAULT_PRESET[mode],
-        help=f"models and defaults (default: {DEFAULT_PRESET[mode]}; 'tiny' = random weights, no download)",
+        help=f"models and defaults (default: {DEFAULT_PRESET[mode] or I2V_DEFAULT}; 'tiny' = random weights)",
     )
     p.add_argument("--num-latent-frames", type=int, default=None, help="n latents -> 1 + 4(n-1) frames")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (preset default)")
@@ -338,7 +341,13 @@ def run_generate(args: argparse.Namespace) -> int:
     from .pipelines.presets import check_models, get_preset, parse_components
 
     settings = settings_from_args(args).validate()  # fail on bad values before loading anything
-    resolve_device(args.device)
+    device = resolve_device(args.device)
+    if args.preset is None:
+        from .pipelines.presets import default_i2v_preset
+
+        args.preset, note = default_i2v_preset(cuda=device.type == "cuda")
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     check_output_path(args.out, output_suffix(args.mode), overwrite=args.overwrite)
     backbone = settings.backbone(get_preset(args.preset))
     check_models(args.preset, backbone, parse_components(args.component), args.cvvae_subfolder)

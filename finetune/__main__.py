@@ -45,6 +45,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from cvvae.pipelines.presets import parse_components
+
     from .evaluate import EvalSettings, evaluate
 
     settings = EvalSettings(
@@ -59,6 +61,8 @@ def cmd_evaluate(args) -> int:
         width=args.width,
         fps=args.fps,
         device=args.device,
+        components=parse_components(args.component),
+        allow_other_base=args.allow_other_base,
     )
     report = evaluate(settings)
     print(report["markdown"])
@@ -100,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="adapter folder written by `train`")
     p.add_argument("--inputs", required=True, nargs="+", help="held-out videos or images (or folders of them)")
     p.add_argument("--out", required=True, help="output folder for report.json, report.md and the grids")
-    p.add_argument("--preset", default="svd-xt", help="generation preset (tiny, svd-xt, svd)")
+    p.add_argument("--preset", default="svd-xt", help="generation preset (tiny, nano, svd-xt, svd)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--num-latent-frames", type=int, default=None)
@@ -108,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--fps", type=float, default=None, help="output fps (default: the preset's)")
     p.add_argument("--device", default=None)
+    p.add_argument("--component", action="append", default=[], metavar="NAME=PATH", help="replace a preset model")
+    p.add_argument(
+        "--allow-other-base", action="store_true", help="evaluate on models the adapter was not trained for"
+    )
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("params", help="trainable parameters of each mode on the SVD(-XT) UNet (meta device)")
     p.set_defaults(func=cmd_params)

@@ -37,6 +37,8 @@ class EvalSettings:
     fps: float | None = None
     device: str | None = None
     motion_bucket_id: int = 127
+    components: dict = field(default_factory=dict)  # models replacing the preset's (cvvae.pipelines.presets)
+    allow_other_base: bool = False  # evaluate an adapter on models it was not trained for (with a warning)
 
     def validate(self) -> EvalSettings:
         from cvvae.pipelines.adapters import load_adapter_info
@@ -45,6 +47,21 @@ class EvalSettings:
         if not self.seeds:
             raise InputError("give at least one seed")
         return self
+
+    def check_base(self) -> str | None:
+        """InputError when the adapter was trained on another base UNet or VAE than the preset loads (a warning
+        string instead with ``allow_other_base``)."""
+        from cvvae.pipelines.adapters import load_adapter_info
+        from cvvae.pipelines.api import get_pipelines
+
+        bundle = get_pipelines(self.preset, self.device, components=self.components)
+        problem = bundle.adapter_mismatch(load_adapter_info(self.adapter))
+        if problem and not self.allow_other_base:
+            raise InputError(
+                f"adapter {self.adapter}: {problem}. Evaluate it with the models it was trained on (--preset, "
+                "--component), or pass --allow-other-base to compare anyway"
+            )
+        return problem
 
 
 def collect_inputs(inputs: list[str]) -> list[Path]:
@@ -119,7 +136,9 @@ def _generate(s: EvalSettings, image: Path, seed: int, adapter: str | None, out:
         motion_bucket_id=s.motion_bucket_id,
         adapter=adapter,
     )
-    result = generate(gs, out, preset=s.preset, device=s.device, overwrite=True)  # a report folder is redone
+    result = generate(
+        gs, out, preset=s.preset, device=s.device, components=s.components, overwrite=True
+    )  # a report folder is redone
     frames, _ = read_video(result.video_path)
     return frames, result.fps
 
@@ -129,6 +148,7 @@ def evaluate(s: EvalSettings) -> dict:
     from cvvae.video import side_by_side, write_video
 
     s.validate()
+    warning = s.check_base()
     out = Path(s.out_dir)
     rows = []
     for path in collect_inputs(s.inputs):
@@ -153,6 +173,9 @@ def evaluate(s: EvalSettings) -> dict:
     summary = {k: {m: _mean([r[k].get(m) for r in rows if k in r]) for m in METRICS} for k in KINDS}
     report = {"settings": asdict(s), "clips": rows, "summary": summary}
     report["markdown"] = markdown_table(rows, summary)
+    if warning:
+        report["warning"] = warning
+        report["markdown"] = f"**Warning**: the adapter {warning}\n\n" + report["markdown"]
     if s.preset == "tiny":  # say so in every copy of the report, not only on the terminal
         from cvvae.loading import RANDOM_WEIGHTS_NOTICE
 

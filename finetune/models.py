@@ -136,7 +136,7 @@ def count_parameters(unet_config: dict | None = None, lora: LoraSettings | None 
     return counts
 
 
-def adapter_info(cfg: FinetuneConfig, peft_config, data: dict, step: int):
+def adapter_info(cfg: FinetuneConfig, peft_config, data: dict, step: int, base_signature: dict | None = None):
     """The description an adapter folder of this run carries (``cvvae.pipelines.adapters.AdapterInfo``)."""
     from cvvae.pipelines.adapters import AdapterInfo
 
@@ -150,4 +150,5 @@ def adapter_info(cfg: FinetuneConfig, peft_config, data: dict, step: int):
         step=step,
         data=data,
         extra=extra,
+        base_signature=base_signature or {},
     )

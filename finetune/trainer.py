@@ -190,12 +190,18 @@ def train(cfg: FinetuneConfig, resume: str | None = None) -> dict:
         def write_adapter(folder: Path, model, step: int) -> None:
             from cvvae.pipelines.adapters import save_adapter
 
-            save_adapter(folder, model, adapter_info(cfg, peft_config, dataset.summary(), step))
+            save_adapter(folder, model, adapter_info(cfg, peft_config, dataset.summary(), step, signatures(model)))
+
+    def signatures(model) -> dict:
+        """The base models' signatures (no adapter mode trains the UNet's first layer, conv_in)."""
+        from cvvae.pipelines.adapters import signature
+
+        return {"unet": signature(model), "vae": signature(vae.module)}
 
     loss_value = _loop(cfg, accelerator, unet, vae, optimizer, scheduler, loader, state, write_adapter)
     result = None
     if state.step >= t.max_steps:
-        result = save_final(cfg, accelerator, unet, peft_config, dataset, state.step)
+        result = save_final(cfg, accelerator, unet, peft_config, dataset, state.step, signatures)
     accelerator.end_training()
     key = "unet" if t.mode == "full" else "adapter"
     return {"step": state.step, "loss": loss_value, key: str(result) if result else None}
@@ -290,7 +296,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return flat
 
 
-def save_final(cfg, accelerator, unet, peft_config, dataset, step: int) -> Path | None:
+def save_final(cfg, accelerator, unet, peft_config, dataset, step: int, signatures=None) -> Path | None:
     """Write ``OUTPUT/adapter`` (and ``OUTPUT/unet`` merged, when asked) from the main process; mode
     ``full`` writes only ``OUTPUT/unet``, a whole diffusers UNet folder."""
     from cvvae.pipelines.adapters import save_adapter
@@ -305,7 +311,8 @@ def save_final(cfg, accelerator, unet, peft_config, dataset, step: int) -> Path 
     folder = cfg.output_dir / "adapter"
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(unet)
-        save_adapter(folder, model, adapter_info(cfg, peft_config, dataset.summary(), step))
+        sig = signatures(model) if signatures else None
+        save_adapter(folder, model, adapter_info(cfg, peft_config, dataset.summary(), step, sig))
         if cfg.train.merge_unet:
             merge_to_unet(cfg.model, folder, cfg.output_dir / "unet")
     accelerator.wait_for_everyone()

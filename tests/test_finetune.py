@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -272,7 +273,21 @@ def test_evaluate_and_training_samples(cache):
     assert set(row["base"]) >= {"frame_difference", "warping_error", "motion", "group_seam", "group_pulse"}
     assert "motion (px/frame)" in report["markdown"]  # flicker is never shown without the motion beside it
     assert (root / "eval" / "grids" / "clip0_seed0.mp4").is_file() and (root / "eval" / "report.md").is_file()
-    assert "| **mean** |" in report["markdown"]
+    assert "| **mean** |" in report["markdown"] and "warning" not in report  # trained on these very models
+    # an adapter whose recorded base is another UNet: refused, or evaluated with a warning when asked
+    from cvvae.pipelines.adapters import ADAPTER_CONFIG
+
+    other = root / "other-adapter"
+    shutil.copytree(adapter, other)
+    info = json.loads((other / ADAPTER_CONFIG).read_text())
+    info["base_signature"]["unet"] = [v + 1.0 for v in info["base_signature"]["unet"]]
+    (other / ADAPTER_CONFIG).write_text(json.dumps(info))
+    s.adapter, s.out_dir = str(other), str(root / "eval-other")
+    with pytest.raises(InputError, match="trained for other models: its base UNet"):
+        evaluate(s)
+    assert not (root / "eval-other").exists()  # refused before any generation
+    s.allow_other_base = True
+    assert "base UNet" in evaluate(s)["warning"]
 
 
 class Payload:

@@ -184,3 +184,12 @@ def test_experiment_statistics_follow_the_decision_rule():
     for k in range(1, 17):
         jumps[k:] += 6 if (k - 1) % 4 == 0 else 1  # a jump into frames 5, 9, 13: the latent groups' seams
     assert measure(jumps.clip(0, 255).astype(np.uint8), None, "cvvae")["group_seam"] > 2
+
+
+def test_cpu_without_svd_weights_defaults_to_nano(tmp_path, monkeypatch):
+    from cvvae.pipelines.presets import default_i2v_preset
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    preset, note = default_i2v_preset(cuda=False)
+    assert preset == "nano" and "--preset svd-xt" in note
+    assert default_i2v_preset(cuda=True) == ("svd-xt", "")

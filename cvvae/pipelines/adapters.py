@@ -46,6 +46,7 @@ class AdapterInfo:
     step: int = 0
     data: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    base_signature: dict = field(default_factory=dict)  # "unet" / "vae" -> signature() of the models trained on
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -60,6 +61,34 @@ class AdapterInfo:
     @property
     def has_conv_out(self) -> bool:
         return "conv_out" in self.mode
+
+
+SIGNATURE_VALUES = 16
+
+
+def signature(module: nn.Module) -> list[float]:
+    """A few weights of ``module``'s first parameter (for a UNet ``conv_in``, which no adapter mode trains):
+    enough to tell two models apart, the same in fp32, fp16 or bf16 (compare with :func:`same_model`)."""
+    first = next(module.parameters()).detach().flatten().float().cpu()
+    picks = torch.linspace(0, len(first) - 1, SIGNATURE_VALUES).long()
+    return [round(float(v), 6) for v in first[picks]]
+
+
+def same_model(a: list[float], b: list[float]) -> bool:
+    """Signatures of the same weights (within half precision's rounding)."""
+    return len(a) == len(b) and bool(torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-2, atol=1e-3))
+
+
+def base_mismatch(info: AdapterInfo, unet: nn.Module | None = None, vae: nn.Module | None = None) -> str | None:
+    """What differs between the models an adapter was trained on and ``unet`` / ``vae`` (None: nothing
+    recorded differs; adapters without signatures are not checked)."""
+    problems = []
+    for what, module, name in (("unet", unet, info.base_unet), ("vae", vae, info.cvvae)):
+        recorded = info.base_signature.get(what)
+        if module is not None and recorded and not same_model(recorded, signature(module)):
+            label = "UNet" if what == "unet" else "VAE"
+            problems.append(f"its base {label} ({name or 'unnamed'}) is not the one loaded")
+    return "; ".join(problems) or None
 
 
 def lora_config_dict(config) -> dict:

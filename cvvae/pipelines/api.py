@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ from .backbones import get_backbone, output_suffix
 from .presets import PRESETS, Preset, check_models, get_preset, parse_components
 from .settings import GenerationSettings
 
+log = logging.getLogger(__name__)
 __all__ = [
     "PRESETS",
     "GenerationResult",
@@ -47,6 +49,7 @@ class PipelineBundle:
         self._pipes: dict[str, object] = {}
         self._vaes: dict[str, object] = {}
         self._adapter: str | None = None
+        self._adapter_info: dict | None = None
 
     @property
     def components(self) -> dict:
@@ -98,22 +101,42 @@ class PipelineBundle:
             return self._pipes[backbone]
 
     def set_adapter(self, folder: str | None) -> dict | None:
-        """Put the adapter in ``folder`` (or none) on the SVD UNet; returns its description."""
+        """Put the adapter in ``folder`` (or none) on the SVD UNet; returns its description, with a
+        ``warning`` when it was trained on another base UNet or VAE than the ones loaded."""
         from .adapters import apply_adapter, load_adapter_info, remove_adapter
 
         with self.lock:
-            unet = self.pipeline("svd").unet
             if folder and self._adapter == str(Path(folder).resolve()):
-                return asdict(load_adapter_info(folder))
+                return self._adapter_info
             info = load_adapter_info(folder) if folder else None  # fail before touching the UNet
+            unet = self.pipeline("svd").unet
             if self._adapter is not None:
                 remove_adapter(unet)
-                self._adapter = None
+                self._adapter = self._adapter_info = None
             if info is None:
                 return None
+            warning = self.adapter_mismatch(info)
             apply_adapter(unet, folder)
             self._adapter = str(Path(folder).resolve())
-            return asdict(info)
+            self._adapter_info = {**asdict(info), **({"warning": warning} if warning else {})}
+            if warning:
+                log.warning("adapter %s: %s", folder, warning)
+            return self._adapter_info
+
+    def adapter_mismatch(self, info) -> str | None:
+        """What differs between the models ``info`` (an ``AdapterInfo``) was trained on and the SVD pipeline's
+        UNet (without an adapter) and VAE; None when nothing recorded differs."""
+        from .adapters import base_mismatch
+
+        pipe = self.pipeline("svd")
+        with self.lock:
+            if self._adapter is not None:
+                from .adapters import remove_adapter
+
+                remove_adapter(pipe.unet)
+                self._adapter = self._adapter_info = None
+            problem = base_mismatch(info, pipe.unet, pipe.vae)
+        return f"it was trained for other models: {problem}" if problem else None
 
 
 _BUNDLES: dict[tuple, PipelineBundle] = {}

@@ -114,3 +114,34 @@ def check_models(preset: str, backbone: str, components: dict | None = None, cvv
             f"{len(problems)} model(s) cannot be loaded here: " + "; ".join(problems) + ". Download them on a "
             "machine with network access, or pass local folders (--component NAME=FOLDER)"
         )
+
+
+def weights_cached(preset: str) -> bool:
+    """Whether the preset's SVD and CV-VAE are here: local folders, or in the Hugging Face cache."""
+    from pathlib import Path
+
+    from huggingface_hub import try_to_load_from_cache
+
+    from ..hub import DEFAULT_SUBFOLDER
+
+    parts = get_preset(preset).all_components()
+    wanted = [(parts["svd"], "model_index.json"), (parts["cvvae"], f"{DEFAULT_SUBFOLDER}/config.json")]
+    return all(
+        name == "nano" or Path(name).is_dir() or isinstance(try_to_load_from_cache(name, file), str)
+        for name, file in wanted
+    )
+
+
+CPU_I2V_PRESET = "nano"
+
+
+def default_i2v_preset(cuda: bool) -> tuple[str, str]:
+    """Image-to-video's preset when none is named, and a note saying why when it is not ``svd-xt``: with a GPU,
+    or with SVD-XT already downloaded, ``svd-xt``; on a CPU without it, ``nano`` (small models shipped here, a
+    clip in seconds) rather than a 10 GB download that then takes hours per clip."""
+    if cuda or weights_cached("svd-xt"):
+        return "svd-xt", ""
+    return CPU_I2V_PRESET, (
+        "no GPU and no SVD-XT weights in the cache: using the 'nano' preset (small models trained on a CPU, "
+        "64x64); pass --preset svd-xt to download and run the real model"
+    )
