@@ -6,4 +6,5 @@ NANO = Path(__file__).resolve().parent / "nano"  # the small models trained on a
 NANO_CVVAE = NANO / "cvvae"
 NANO_VAE2D = NANO / "vae2d"
 NANO_SVD = NANO / "svd"  # the nano SVD: a diffusers SVD folder whose vae is the nano 2-D VAE
+NANO_ADAPTER = NANO / "adapter"  # the nano SVD's adapter to nano CV-VAE latents (the experiment's best arm)
 SHIPPED = {"nano": NANO_CVVAE, "nano-2d": NANO_VAE2D}  # model names that mean a folder here
