@@ -318,6 +318,54 @@ def strips(exp: Experiment, arms: list[Arm], clip: str, seed: int) -> Path:
     return write_image(exp.out / f"strips_{clip}_seed{seed}.png", np.concatenate(rows, 0))
 
 
+CURVE_MEASURES = ("warping_error", "motion", "group_seam", "group_pulse")
+
+
+def checkpoint_arms(name: str, run: Path) -> list[Arm]:
+    """One arm per checkpoint of a tuning run that carries an adapter (``NAME@STEP``), by step."""
+    found = sorted(
+        (int(p.name.split("-")[1]), p / "adapter") for p in Path(run).glob("checkpoint-*") if (p / "adapter").is_dir()
+    )
+    return [Arm(f"{name}@{step}", adapter=str(folder)) for step, folder in found]
+
+
+def heldout_log(run: Path) -> list[dict]:
+    path = Path(run) / "heldout.jsonl"
+    if not path.is_file():
+        return []
+    by_step = {int(r["step"]): r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def plot_curves(out: Path, curves: dict[str, list[tuple[int, dict]]], losses: dict[str, list[dict]], start: dict):
+    """``curves.png``: each measure (mean over held-out clips) and the held-out EDM loss over tuning steps;
+    step 0 is the untuned nano SVD."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [*CURVE_MEASURES, "heldout_loss"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for name, points in curves.items():
+        for ax, m in zip(axes, CURVE_MEASURES):
+            xs = [0] + [step for step, _ in points]
+            ys = [start[m]] + [row[m] for _, row in points]
+            ax.plot(xs, ys, marker="o", label=name)
+        loss = losses.get(name, [])
+        axes[-1].plot([r["step"] for r in loss], [r["heldout_loss"] for r in loss], marker="o", label=name)
+    for ax, m in zip(axes, panels):
+        ax.set_title(LABELS.get(m, "held-out EDM loss (own world)"), fontsize=9)
+        ax.set_xlabel("tuning step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def parse_arms(adapters: list[str]) -> list[Arm]:
     from cvvae.errors import InputError
 
@@ -338,6 +386,29 @@ def parse_arms(adapters: list[str]) -> list[Arm]:
     return arms
 
 
+def curves(exp: Experiment, items: list[str], untuned: list[dict]) -> Path:
+    """Measure every checkpoint of the ``NAME=RUN`` tuning runs (seed 0) and plot them over steps."""
+    from cvvae.errors import InputError
+
+    runs = {}
+    for item in items:
+        name, sep, run = item.partition("=")
+        if not sep or not Path(run).is_dir():
+            raise InputError(f"--curve takes NAME=RUN_FOLDER (a tuning run), got {item!r}")
+        runs[name] = Path(run)
+    arms = [a for name, run in runs.items() for a in checkpoint_arms(name, run)]
+    step_exp = Experiment(exp.heldout, exp.out, exp.svd, arms, [0], exp.steps, exp.resamples)
+    rows = Runner(step_exp).run()
+    points: dict[str, list[tuple[int, dict]]] = {}
+    for arm in arms:
+        name, step = arm.name.rsplit("@", 1)
+        means = {m: float(np.mean(list(per_clip(rows[arm.name], m).values()))) for m in CURVE_MEASURES}
+        points.setdefault(name, []).append((int(step), means))
+    seed0 = [r for r in untuned if r["seed"] == 0]  # the same seed as the checkpoints'
+    start = {m: float(np.mean(list(per_clip(seed0, m).values()))) for m in CURVE_MEASURES}
+    return plot_curves(exp.out, points, {n: heldout_log(r) for n, r in runs.items()}, start)
+
+
 def main(argv=None) -> int:
     from cvvae.commands import Parser, run_command
 
@@ -349,6 +420,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument(
+        "--curve", action="append", default=[], metavar="NAME=RUN", help="a tuning run whose checkpoints to measure "
+        "over steps (seed 0 of every held-out clip): curves.png",
+    )  # fmt: skip
     args = p.parse_args(argv)
 
     def run() -> int:
@@ -382,6 +457,8 @@ def main(argv=None) -> int:
         (exp.out / "results.md").write_text(text, encoding="utf-8")
         first = heldout_clips(exp.heldout)[0].stem
         strips(exp, arms, first, exp.seeds[0])
+        if args.curve:
+            print(f"curves: {curves(exp, args.curve, rows['untuned'])}")
         print(text)
         return 0
 
