@@ -138,7 +138,7 @@ def _check_settings(cache_dir: Path, settings: dict, videos: str) -> None:
     path = cache_dir / SETTINGS
     wanted = {**settings, "videos": str(videos)}
     if path.is_file():
-        have = json.loads(path.read_text(encoding="utf-8"))
+        have = read_json(path, "use a new data.cache_dir or delete the damaged cache")
         if have != wanted:
             diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
             raise InputError(
@@ -216,9 +216,18 @@ def build_cache(cfg: LatentCacheConfig, encoders: dict, model_ids: dict, limit_s
     ``limit_shards`` stops after writing that many new shards (for tests of resumption).
     """
     cache_dir = Path(cfg.cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     sources = list_sources(cfg.videos)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(cache_dir, cache_settings(cfg, model_ids), cfg.videos)
+    try:
+        return _build(cfg, encoders, model_ids, sources, cache_dir, limit_shards)
+    except BaseException:
+        if not any(cache_dir.glob("shard-*.safetensors")):  # nothing built: the settings bind nothing yet
+            (cache_dir / SETTINGS).unlink(missing_ok=True)
+        raise
+
+
+def _build(cfg, encoders, model_ids, sources, cache_dir: Path, limit_shards) -> dict:
     clips, skipped = plan_clips(sources, cfg, encoders["vae"].temporal_factor)
     for item in skipped:
         log.warning("skipping %s: %s", item["source"], item["reason"])
@@ -267,7 +276,21 @@ def load_manifest(cache_dir: str | Path) -> dict:
     path = Path(cache_dir) / MANIFEST
     if not path.is_file():
         raise InputError(f"{cache_dir} holds no {MANIFEST}: build the cache first (python -m finetune cache ...)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    manifest = read_json(path, "rebuild the cache (python -m finetune cache ...) in a new data.cache_dir")
+    if not isinstance(manifest.get("clips"), list) or not isinstance(manifest.get("models"), dict):
+        raise InputError(f"{path} is not a latent-cache manifest (no clips or models); rebuild the cache")
+    return manifest
+
+
+def read_json(path: Path, advice: str) -> dict:
+    """A JSON object from ``path``; InputError naming the file and what to do when it is damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path} is damaged ({err}); {advice}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is damaged (not a JSON object); {advice}")
+    return data
 
 
 class LatentCache(torch.utils.data.Dataset):

@@ -170,8 +170,23 @@ def build_training(cfg: FinetuneConfig):
 
 def train(cfg: FinetuneConfig, resume: str | None = None) -> dict:
     """Run (or resume) training; returns a summary with the final step, last loss and the adapter folder."""
-    t, out = cfg.train, cfg.output_dir
+    out = cfg.output_dir
+    existed = out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(cfg, resume)
+    except BaseException:
+        if not list_checkpoints(out):  # nothing to resume from: leave no half-made run folder behind
+            for name in ("config.json", "peft_config.json", HELDOUT_LOG):
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / "logs", ignore_errors=True)
+            if not existed and not any(out.iterdir()):
+                out.rmdir()
+        raise
+
+
+def _train(cfg: FinetuneConfig, resume: str | None) -> dict:
+    t, out = cfg.train, cfg.output_dir
     accelerator, unet, vae, optimizer, scheduler, loader, dataset, peft_config = build_training(cfg)
     state = TrainState()
     ckpt = checkpoints.resume(

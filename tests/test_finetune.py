@@ -330,3 +330,33 @@ def test_resume_runs_no_code_from_a_checkpoint_and_survives_damage(cache, tmp_pa
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and err[0].startswith("error:")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["cache.json", "manifest.json"])
+def test_damaged_cache_files_are_named(cache, tmp_path, name):
+    from finetune.data import build_cache, load_manifest
+
+    root, _ = cache
+    broken = tmp_path / "cache"
+    shutil.copytree(root / "cache", broken)
+    (broken / name).write_text("{not json")
+    cfg = _cfg(root, f"data.videos={root / 'videos'}", f"data.cache_dir={broken}")
+    with pytest.raises(InputError, match=f"{name} is damaged"):
+        build_cache(cfg.data, {}, {}) if name == "cache.json" else load_manifest(broken)
+
+
+def test_failed_runs_leave_nothing_that_binds_the_next(cache, tmp_path):
+    from finetune.data import build_cache
+    from finetune.models import load_encoders, model_ids
+    from finetune.trainer import train
+
+    root, _ = cache
+    cfg = _cfg(root, f"data.videos={root / 'videos'}", f"data.cache_dir={tmp_path / 'c'}", "data.num_latent_frames=60")
+    with pytest.raises(InputError, match="no usable clips"):
+        build_cache(cfg.data, load_encoders(cfg.model), model_ids(cfg.model))  # every clip is too short
+    assert not (tmp_path / "c" / "cache.json").exists()  # so other settings are not refused next time
+    run = tmp_path / "run"
+    cfg = _cfg(root, f"train.output_dir={run}", "train.batch_size=50")
+    with pytest.raises(InputError, match="fewer than train.batch_size"):
+        train(cfg)
+    assert not run.exists()  # no config.json or empty folder left behind
