@@ -120,7 +120,7 @@ def test_library_advice_that_is_not_the_users_is_silenced():
     assert "torchvision" not in run.stderr and "a real warning" in run.stderr
 
 
-def test_the_wheel_ships_the_nano_model_and_licence(tmp_path):
+def test_the_wheel_ships_the_nano_models_and_licence(tmp_path):
     pytest.importorskip("setuptools")
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", str(ROOT), "-w", tmp_path],
@@ -132,9 +132,13 @@ def test_the_wheel_ships_the_nano_model_and_licence(tmp_path):
     assert build.returncode == 0, build.stderr
     (wheel,) = tmp_path.glob("cvvae-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for part in ("cvvae", "vae2d"):
+    for part in ("cvvae", "vae2d", "svd/unet", "svd/vae"):
         assert f"cvvae/weights/nano/{part}/config.json" in names
         assert f"cvvae/weights/nano/{part}/diffusion_pytorch_model.safetensors" in names
+    svd = ("model_index.json", "image_encoder/model.safetensors", "scheduler/scheduler_config.json",
+           "feature_extractor/preprocessor_config.json")  # fmt: skip
+    assert {f"cvvae/weights/nano/svd/{p}" for p in svd} <= names
+    assert {f"cvvae/weights/nano/adapter/adapter.{ext}" for ext in ("json", "safetensors")} <= names
     assert any(n.endswith("licenses/LICENSE") for n in names) and "cvvae/training/configs/demo-cvvae.yaml" in names
 
 
