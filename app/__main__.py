@@ -58,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--preset",
         default=None,
-        help="model preset: svd-xt, svd, animatediff, sd21 or tiny (default: svd-xt with CUDA, tiny without)",
+        help="model preset: svd-xt, svd, animatediff, sd21, sd3, nano or tiny (default: svd-xt with CUDA and the "
+        "weights; without, nano (small trained models, image to video) if installed, else tiny (random))",
     )
     p.add_argument("--outputs", type=Path, default=Path("outputs"), help="folder for results (default ./outputs)")
     p.add_argument("--adapters", type=Path, default=None, help="folder of fine-tuned adapters to offer (optional)")
@@ -66,29 +67,50 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--cvvae",
         default=None,
         help="CV-VAE for the Reconstruct tab: hub id, folder, 'nano' or 'tiny' "
-        "(default: the released model; 'nano' on the tiny preset)",
+        "(default: the preset's; 'nano' on the nano and tiny presets)",
     )
     add_pipeline_options(p)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     return p.parse_args(argv)
 
 
-def choose_preset(requested: str | None, cuda: bool, weights: bool = True) -> tuple[str, str]:
+NANO_NOTICE = (
+    "the demo runs the 'nano' preset: a small SVD and CV-VAE trained on a CPU (image to video only, "
+    "17 frames at 64x64; far from the real models' quality)"
+)
+
+
+def nano_installed() -> bool:
+    """Whether the nano SVD ships with this installation (its folder holds ``model_index.json``)."""
+    from cvvae.weights import NANO_SVD
+
+    return (NANO_SVD / "model_index.json").is_file()
+
+
+def choose_preset(
+    requested: str | None, cuda: bool, weights: bool = True, nano: bool | None = None
+) -> tuple[str, str]:
     """The preset to run and a notice for the page ('' when real weights are used).
 
-    Without CUDA, or without reachable weights (offline and not cached), an unspecified preset
-    falls back to ``tiny``; an explicit ``--preset`` is always honoured.
+    Without CUDA, or without reachable weights (offline and not cached), an unspecified preset falls back
+    to ``nano`` when its SVD is installed (``nano``: see :func:`nano_installed`), else to the random
+    ``tiny``; an explicit ``--preset`` is always honoured.
     """
     from cvvae.loading import RANDOM_WEIGHTS_NOTICE
 
-    if requested == "tiny" or (requested is None and not (cuda and weights)):
-        why = {
-            "tiny": "",
-            "nocuda": "No CUDA GPU found, so the demo runs the 'tiny' preset. ",
-            "noweights": "The svd-xt weights are not in the Hugging Face cache and HF_HUB_OFFLINE is set, "
-            "so the demo runs the 'tiny' preset. ",
-        }["tiny" if requested == "tiny" else ("nocuda" if not cuda else "noweights")]
-        return "tiny", f"{why}{RANDOM_WEIGHTS_NOTICE}. {REAL_WEIGHTS_HINT}"
+    if requested is None and not (cuda and weights):
+        why = (
+            "No CUDA GPU found, so "
+            if not cuda
+            else "The svd-xt weights are not in the Hugging Face cache and HF_HUB_OFFLINE is set, so "
+        )
+        if nano_installed() if nano is None else nano:
+            return "nano", f"{why}{NANO_NOTICE}. {REAL_WEIGHTS_HINT}"
+        return "tiny", f"{why}the demo runs the 'tiny' preset. {RANDOM_WEIGHTS_NOTICE}. {REAL_WEIGHTS_HINT}"
+    if requested == "tiny":
+        return "tiny", f"{RANDOM_WEIGHTS_NOTICE}. {REAL_WEIGHTS_HINT}"
+    if requested == "nano":
+        return "nano", f"{NANO_NOTICE[:1].upper()}{NANO_NOTICE[1:]}. {REAL_WEIGHTS_HINT}"
     preset = requested or "svd-xt"
     notice = "" if cuda else "No CUDA GPU found: real models run on the CPU and are very slow."
     return preset, notice
@@ -125,6 +147,14 @@ def make_handlers(args: argparse.Namespace):
     preset, notice = choose_preset(args.preset, cuda, weights=args.preset is not None or weights_reachable())
     get_preset(preset)  # InputError for an unknown preset
     components = parse_components(args.component)
+    if preset == "nano" and "svd" not in components and not nano_installed():
+        from cvvae.errors import ModelLoadError
+        from cvvae.weights import NANO_SVD
+
+        raise ModelLoadError(
+            f"the nano SVD is not in this installation ({NANO_SVD} has no model_index.json): "
+            "pass its folder with --component svd=FOLDER, or run --preset tiny (random models)"
+        )
     device = args.device or ("cuda" if cuda else "cpu")
     config = AppConfig(
         preset=preset,

@@ -15,7 +15,6 @@ from .handlers import (
     DEFAULT_SIZE,
     RESOLUTIONS,
     SHORT_SIDES,
-    VAE_VARIANTS,
     Handlers,
     frames_label,
     random_seed,
@@ -60,7 +59,7 @@ class UIDefaults:
     num_latent_frames: int
     fps: float
     size: str  # what "preset default" means, shown in the resolution menu
-    t2v_backbone: str
+    t2v_backbone: str | None  # None: the preset has no text -> video (its tab is a note)
     t2v_backbones: list[tuple[str, str]]  # (label, name) of every text -> video backbone
     t2v_guidance: float
     t2v_num_latent_frames: int
@@ -81,13 +80,18 @@ def preset_defaults(preset: str) -> UIDefaults:
     from cvvae.pipelines.presets import get_preset
 
     p = get_preset(preset)
-    svd, t2v, sd3 = (p.defaults(p.backbone(mode)) for mode in ("i2v", "t2v", "t2i"))
+    # a mode the preset lacks keeps the tiny preset's numbers: its tab shows a note instead of controls
+    tiny = get_preset("tiny")
+    svd, t2v, sd3 = (
+        p.defaults(p.backbone(mode)) if mode in p.backbones else tiny.defaults(tiny.backbone(mode))
+        for mode in ("i2v", "t2v", "t2i")
+    )
     return UIDefaults(
         steps=svd.steps,
         num_latent_frames=svd.num_latent_frames,
         fps=svd.fps,
         size=f"{svd.width}x{svd.height}",
-        t2v_backbone=p.t2v_backbone,
+        t2v_backbone=p.backbones.get("t2v"),
         t2v_backbones=[(BACKBONES[name].label, name) for name in backbones_for("t2v")],
         t2v_guidance=t2v.guidance,
         t2v_num_latent_frames=t2v.num_latent_frames,
@@ -159,9 +163,17 @@ def _seed_control():
     return seed
 
 
-def _adapter_control(h: Handlers):
+def _missing_mode(h: Handlers, mode: str, elem_id: str) -> bool:
+    """Whether the preset lacks ``mode``; if so its tab gets one line saying which presets have it, no controls."""
+    note = h.missing_mode(mode)
+    if note:
+        gr.Markdown(f"ℹ️ {note}", elem_id=elem_id)
+    return bool(note)
+
+
+def _adapter_control(h: Handlers, value: str = ADAPTER_NONE):
     with gr.Row(equal_height=True):
-        adapter = gr.Dropdown(h.list_adapters(), value=ADAPTER_NONE, label="Adapter (fine-tuned UNet)", scale=4)
+        adapter = gr.Dropdown(h.list_adapters(), value=value, label="Adapter (fine-tuned UNet)", scale=4)
         refresh = gr.Button("Refresh list", scale=1, size="sm")
     refresh.click(lambda: gr.Dropdown(choices=h.list_adapters()), None, adapter, queue=False, api_visibility="private")
     return adapter
@@ -191,6 +203,8 @@ def _gpu_event(button, fn, inputs, outputs, api_name: str, stop, cancel_fn=None)
 
 
 def _i2v_tab(h: Handlers, d: UIDefaults):
+    if _missing_mode(h, "i2v", "i2v-missing"):
+        return
     with gr.Row():
         with gr.Column():
             image = image_input(label="Input image", elem_id="i2v-image")
@@ -221,6 +235,8 @@ def _i2v_tab(h: Handlers, d: UIDefaults):
 
 
 def _t2v_tab(h: Handlers, d: UIDefaults):
+    if _missing_mode(h, "t2v", "t2v-missing"):
+        return
     with gr.Row():
         with gr.Column():
             prompt = gr.Textbox(
@@ -253,7 +269,7 @@ def _reconstruct_tab(h: Handlers, d: UIDefaults):
             )
             short = gr.Dropdown(SHORT_SIDES, value=d.reconstruct_short_side, label="Resize: short side in pixels")
             tiling = gr.Dropdown(TILING, value="default", label="Tiling (less memory)")
-            variant = gr.Radio([(v, k) for k, v in VAE_VARIANTS.items()], value="sd21", label="Model")
+            variant = gr.Radio([(v, k) for k, v in h.vae_variants().items()], value="sd21", label="Model")
             run, stop = _run_buttons("reconstruct")
         with gr.Column():
             outs = _outputs("reconstruct")
@@ -269,10 +285,14 @@ def _compare_tab(h: Handlers, d: UIDefaults):
 
 
 def _compare_svd(h: Handlers, d: UIDefaults):
+    if _missing_mode(h, "i2v", "compare-svd-missing"):
+        return
     gr.Markdown(
         "One image and seed through the backbone's **own VAE** (one frame per latent), **CV-VAE** "
-        "(four frames per latent) and, if chosen, CV-VAE **with a fine-tuned adapter**."
+        "(four frames per latent) and, if chosen, CV-VAE **with a fine-tuned adapter**: untuned and tuned side "
+        "by side, each with its motion and flicker measures."
     )
+    chosen = h.default_adapter()  # the preset's shipped adapter, preselected
     with gr.Row():
         with gr.Column(scale=1):
             image = image_input(label="Input image", elem_id="compare-image")
@@ -281,14 +301,18 @@ def _compare_svd(h: Handlers, d: UIDefaults):
             steps = slider("steps", d.steps, "Denoising steps")
             n = _latent_frames_slider(d.num_latent_frames)
             res = gr.Dropdown(d.resolutions(d.size), value=DEFAULT_SIZE, label="Resolution (width x height)")
-            adapter = _adapter_control(h)
+            adapter = _adapter_control(h, chosen)
             run, stop = _run_buttons("compare")
         with gr.Column(scale=2):
             with gr.Row():
                 native = gr.Video(label="Backbone VAE", elem_id="compare-native", autoplay=True, loop=True)
                 cv = gr.Video(label="CV-VAE", elem_id="compare-cvvae", autoplay=True, loop=True)
                 ad = gr.Video(
-                    label="CV-VAE + adapter", elem_id="compare-adapter", autoplay=True, loop=True, visible=False
+                    label="CV-VAE + adapter",
+                    elem_id="compare-adapter",
+                    autoplay=True,
+                    loop=True,
+                    visible=chosen != ADAPTER_NONE,
                 )
             table = gr.Markdown(elem_id="compare-info")
             files = gr.File(label="Download", file_count="multiple", interactive=False)
@@ -313,6 +337,8 @@ def _compare_svd(h: Handlers, d: UIDefaults):
 
 
 def _compare_sd3(h: Handlers, d: UIDefaults):
+    if _missing_mode(h, "t2i", "compare-sd3-missing"):
+        return
     gr.Markdown(
         "One prompt and seed through **Stable Diffusion 3**: the same 16-channel latents decoded by SD3's "
         "**own VAE** and by **CV-VAE-SD3** (the video VAE in image mode)."

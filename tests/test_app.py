@@ -11,10 +11,11 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from app.__main__ import choose_preset, parse_args, weights_reachable
+from app.__main__ import REAL_WEIGHTS_HINT, choose_preset, main, parse_args, weights_reachable
 from app.handlers import (
     ADAPTER_NONE,
     NANO_NOTICE,
+    NANO_PRESET_NOTICE,
     AppConfig,
     Handlers,
     flicker_table,
@@ -60,11 +61,15 @@ def test_parse_resolution_and_scaled_size():
     assert scaled_size(144, 256, "original") is None and scaled_size(144, 256, "256") is None
 
 
-def test_flicker_table_lists_each_variant():
+def test_flicker_table_lists_each_variant_with_motion_beside_flicker():
     rows = [("backbone VAE", {"frames": 25, "fps": 8.0}, {"frame_difference": 0.1, "warping_error": 0.05})]
-    rows.append(("CV-VAE", {"frames": 97, "fps": 24.0}, {"frame_difference": 0.02, "warping_error": 0.01}))
+    rows[0][2].update(motion=1.5, group_seam=None, group_pulse=None)
+    flicker = {"frame_difference": 0.02, "warping_error": 0.01, "motion": 0.5, "group_seam": 1.8, "group_pulse": 1.1}
+    rows.append(("CV-VAE", {"frames": 97, "fps": 24.0}, flicker))
     table = flicker_table(rows, random_weights=True)
-    assert "| backbone VAE | 25 |" in table and "| CV-VAE | 97 |" in table and RANDOM_WEIGHTS_NOTICE in table
+    assert "| backbone VAE | 25 | 8.0 | 1.5 | 0.05 | 0.1 | – | – |" in table
+    assert "| CV-VAE | 97 | 24.0 | 0.5 | 0.01 | 0.02 | 1.8 | 1.1 |" in table and RANDOM_WEIGHTS_NOTICE in table
+    assert "| motion (px/frame) | warping error | frame difference |" in table and "equal motion" in table
 
 
 def test_adapters_are_listed_and_only_listed_names_resolve(handlers, tmp_path):
@@ -88,15 +93,44 @@ def test_component_options_parse_and_reject_malformed():
         parse_components(["unet=/x"])
 
 
-def test_cli_defaults_are_local_and_tiny_without_cuda():
+def test_cli_defaults_are_local_and_tiny_without_cuda_or_nano():
     args = parse_args([])
     assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
-    preset, notice = choose_preset(None, cuda=False)
+    preset, notice = choose_preset(None, cuda=False, nano=False)
     assert preset == "tiny" and RANDOM_WEIGHTS_NOTICE in notice and "--preset svd-xt" in notice
     assert choose_preset("svd-xt", cuda=True) == ("svd-xt", "")
-    preset, notice = choose_preset(None, cuda=True, weights=False)  # offline, nothing cached
+    preset, notice = choose_preset(None, cuda=True, weights=False, nano=False)  # offline, nothing cached
     assert preset == "tiny" and "HF_HUB_OFFLINE" in notice
     assert choose_preset("svd", cuda=False)[0] == "svd"  # an explicit preset is honoured
+
+
+def test_fallback_is_nano_when_its_svd_is_installed(tmp_path, monkeypatch):
+    import cvvae.weights
+
+    for cuda, weights, why in ((False, True, "No CUDA GPU"), (True, False, "HF_HUB_OFFLINE")):
+        preset, notice = choose_preset(None, cuda=cuda, weights=weights, nano=True)
+        assert preset == "nano" and why in notice and REAL_WEIGHTS_HINT in notice
+        assert "trained on a CPU" in notice and "64x64" in notice and "RANDOM" not in notice
+    # an explicit preset is honoured, the nano SVD installed or not
+    assert choose_preset("tiny", cuda=False, nano=True)[0] == "tiny"
+    assert choose_preset("svd-xt", cuda=False, nano=True)[0] == "svd-xt"
+    assert choose_preset("nano", cuda=True, nano=False)[0] == "nano"
+    assert choose_preset(None, cuda=True, nano=True) == ("svd-xt", "")
+    # "installed" means the shipped folder holds model_index.json
+    monkeypatch.setattr(cvvae.weights, "NANO_SVD", tmp_path / "svd")
+    assert choose_preset(None, cuda=False)[0] == "tiny"
+    (tmp_path / "svd").mkdir()
+    (tmp_path / "svd" / "model_index.json").write_text("{}")
+    assert choose_preset(None, cuda=False)[0] == "nano"
+
+
+def test_nano_preset_without_its_svd_stops_with_a_hint(tmp_path, monkeypatch, capsys):
+    import cvvae.weights
+
+    monkeypatch.setattr(cvvae.weights, "NANO_SVD", tmp_path / "absent")
+    assert main(["--preset", "nano", "--outputs", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the nano SVD is not in this installation") and "--component svd=" in err
 
 
 def test_weights_reachable_online_or_cached(monkeypatch):
@@ -316,3 +350,79 @@ def test_reconstruct_and_compare_offer_the_sd3_variant(handlers):
     assert len(files) == 4 and {f.rsplit(".", 1)[1] for f in files} == {"png", "json"}
     with pytest.raises(gr.Error, match="prompt"):
         handlers.compare_sd3("  ", 1, 2, "64x64")
+
+
+# ---- the nano preset: image to video only, its shipped adapter preselected in Compare ----------------------
+@pytest.fixture(scope="module")
+def nano_parts(tmp_path_factory):
+    """A small random nano SVD folder and a conv_out adapter for its UNet (stand-ins for the shipped ones)."""
+    import torch
+    from test_nano_svd import SMALL_UNET
+
+    from cvvae.pipelines.adapters import AdapterInfo, save_adapter
+    from cvvae.weights import NANO_VAE2D
+    from finetune import nano
+
+    root = tmp_path_factory.mktemp("nano-app")
+    parts = nano.build_random(seed=0, unet_config=SMALL_UNET)
+    svd = nano.write_folder(root / "svd", parts, NANO_VAE2D)
+    unet = parts["unet"]
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(0.5)  # an adapter that changes the output
+    adapter = save_adapter(root / "adapter", unet, AdapterInfo(mode="conv_out", base_unet="nano-test"))
+    return svd, adapter
+
+
+@pytest.fixture
+def nano_handlers(nano_parts, tmp_path, monkeypatch):
+    import app.handlers
+
+    svd, adapter = nano_parts
+    monkeypatch.setitem(app.handlers.SHIPPED_ADAPTERS, "nano", ("nano (tuned to nano CV-VAE)", adapter))
+    return Handlers(AppConfig(preset="nano", outputs=tmp_path / "out", components={"svd": str(svd)}))
+
+
+def test_nano_compare_shows_untuned_and_tuned_with_their_measures(nano_handlers):
+    h = nano_handlers
+    assert h.list_adapters() == [ADAPTER_NONE, "nano (tuned to nano CV-VAE)"]
+    assert h.default_adapter() == "nano (tuned to nano CV-VAE)"
+    native, cv, tuned, table, files = h.compare(str(IMAGE), 0, 2, 3, "preset default", h.default_adapter())
+    (a, fa), (b, fb), (c, fc) = (read_video(v) for v in (native, cv, tuned))
+    assert a.shape == (3, 64, 64, 3) and b.shape == c.shape == (9, 64, 64, 3)  # 2-D VAE: 1 frame per latent
+    assert fb == fc == pytest.approx(30.0)  # the nano preset's fps
+    assert not np.array_equal(b, c)  # same seed, the adapter changes the clip
+    assert "| motion (px/frame) | warping error | frame difference | group seam (1 = none) |" in table
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in table.splitlines()[2:5]}
+    assert list(rows) == ["backbone VAE", "CV-VAE", "CV-VAE + adapter nano (tuned to nano CV-VAE)"]
+    for label, cells in rows.items():
+        motion, warping = float(cells[2]), float(cells[3])  # frames, fps, then motion beside the flicker
+        assert motion >= 0 and warping >= 0
+        seam, pulse = cells[5], cells[6].rstrip(" |")
+        if label == "backbone VAE":
+            assert seam == pulse == "–"  # no latent groups
+        else:
+            assert float(seam) > 0 and float(pulse) >= 0
+    assert NANO_PRESET_NOTICE in table and RANDOM_WEIGHTS_NOTICE not in table
+    assert len(files) == 6
+
+
+def test_nano_demo_notes_the_modes_it_lacks_and_preselects_its_adapter(nano_handlers):
+    demo = build_demo(nano_handlers)
+    names = {f.api_name for f in demo.fns.values()}
+    assert {"image_to_video", "reconstruct", "compare"} <= names
+    assert not names & {"text_to_video", "compare_sd3"}  # no controls for what the preset cannot run
+    blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    for note in (blocks["t2v-missing"].value, blocks["compare-sd3-missing"].value):
+        assert "**nano** preset has no" in note and "`--preset tiny`" in note and "`--preset svd-xt`" in note
+    assert "`--preset sd3`" in blocks["compare-sd3-missing"].value
+    assert blocks["compare-adapter"].visible  # the tuned clip beside the untuned one from the start
+    menus = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label.startswith("Adapter")]
+    assert [m.value for m in menus] == [ADAPTER_NONE, "nano (tuned to nano CV-VAE)"]  # image to video, Compare
+    assert list(nano_handlers.vae_variants()) == ["sd21"]  # no CV-VAE-SD3 in the nano preset
+    with pytest.raises(gr.Error, match="--preset tiny"):
+        nano_handlers.vae("sd3")
+    # the HTTP API or Python may still call them: refused before any model loads
+    with pytest.raises(gr.Error, match="nano preset has no text to video.*--preset tiny"):
+        nano_handlers.text_to_video("a fox", "", "animatediff", 0, 2, 7.5, 8, 2, "64x64", "off")
+    with pytest.raises(gr.Error, match="nano preset has no SD3 text to image"):
+        nano_handlers.compare_sd3("a fox", 0, 2, "64x64")
