@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from app.__main__ import main as app_main
 from app.batch import main as batch_main
+from app.handlers import ADAPTER_NONE
 from cvvae.cli import main as cvvae_main
 from cvvae.training.__main__ import main as training_main
 from finetune.__main__ import main as finetune_main
@@ -371,7 +372,7 @@ def test_overwrite_and_stale_temporaries(tmp_path, capsys):
 
 
 def test_app_refuses_non_numbers_with_its_own_message(tmp_path):
-    from app.handlers import ADAPTER_NONE, AppConfig, Handlers
+    from app.handlers import AppConfig, Handlers
 
     handlers = Handlers(AppConfig(preset="tiny", outputs=tmp_path / "out"))
     with pytest.raises(gr.Error, match="seed must be a whole number, got 'abc'"):
@@ -421,3 +422,59 @@ def test_adapter_fields_beyond_ours_are_dropped():
 
     hostile = {"r": 4, "lora_alpha": 8, "megatron_core": "os", "megatron_config": {"a": 1}, "layers_pattern": "(a+)+"}
     assert lora_settings(hostile) == {"r": 4, "lora_alpha": 8}
+
+
+I2V = (0, 3, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
+# (name, what the page runs, when the event is cancelled: at a denoising step (0 = the first), None = once saved)
+APP_CANCELS = [
+    ("image to video at step 1", lambda h: h.image_to_video(str(IMAGE), *I2V), 0),
+    ("text to video at step 2", lambda h: h.text_to_video("a cat", "", "animatediff", 0, 3, 7.5, 8, 2, "64x64", "off"),
+     1),
+    ("compare in its second run", lambda h: h.compare(str(IMAGE), 0, 2, 2, "64x64", ADAPTER_NONE), 2),
+    ("image to video once saved", lambda h: h.image_to_video(str(IMAGE), *I2V), None),
+    ("reconstruct once saved", lambda h: h.reconstruct(str(CLIP), 1, "128", "off"), None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, call, at", APP_CANCELS, ids=[case[0] for case in APP_CANCELS])
+def test_cancelled_app_job_stops_and_leaves_nothing(name, call, at, tmp_path, monkeypatch):
+    """Gradio cancels an event by cancelling its task (Cancel button or client): the denoising stops at the
+    next step and the job's results, if any, are removed."""
+    import asyncio
+
+    import app.handlers as module
+
+    handlers = module.Handlers(module.AppConfig(preset="tiny", outputs=tmp_path / "out"))
+    steps, plain_callback, plain_wrote = [], module.step_callback, module.job_wrote
+
+    async def run():
+        loop = asyncio.get_running_loop()
+
+        def cancel():  # from the worker thread, as Gradio's /cancel does from the server's
+            job = module._JOB.get()
+            loop.call_soon_threadsafe(task.cancel)
+            assert job.cancelled.wait(60)
+
+        def callback():
+            inner = plain_callback()
+
+            def step(pipe, i, t, kwargs):
+                steps.append(i)
+                len(steps) - 1 == at and cancel()
+                return inner(pipe, i, t, kwargs)
+
+            return step
+
+        def wrote(*paths):
+            plain_wrote(*paths)
+            at is None and cancel()
+
+        monkeypatch.setattr(module, "step_callback", callback)
+        monkeypatch.setattr(module, "job_wrote", wrote)
+        task = asyncio.ensure_future(module.cancellable(call)(handlers))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert not list((tmp_path / "out").iterdir())
+    assert at is None or len(steps) == at + 1  # not one step more
