@@ -221,6 +221,23 @@ def batch(d: Path, line: str) -> list[str]:
     return [str(jobs(d / "j.jsonl", line)), "--out-dir", str(d / "out"), "--preset", "tiny"]
 
 
+NANO_VAE2D = Path(__file__).resolve().parents[1] / "cvvae" / "weights" / "nano" / "vae2d"
+
+
+def pickled_vae2d(folder: Path) -> Path:
+    """The nano 2-D VAE saved the old way: config.json and diffusion_pytorch_model.bin only."""
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL.from_pretrained(NANO_VAE2D).save_pretrained(folder, safe_serialization=False)
+    return folder
+
+
+def vae_training(d: Path, *extra: str, vae2d: Path = NANO_VAE2D) -> list[str]:
+    """``python -m cvvae.training`` for one step into ``d/run``, against a 2-D VAE, then ``extra`` overrides."""
+    base = [f"output_dir={d / 'run'}", f"vae2d={vae2d}", "steps=1", "warmup=0", "data.size=16", "data.short_side=32"]
+    return [*base, f"data.videos={CLIP.parent}", f"data.cache_dir={d / 'cache'}", *extra]
+
+
 ROOT = os.geteuid() == 0
 T2V = job()
 # (name, program, arguments built in folder d, words the error line must contain)
@@ -329,6 +346,26 @@ CASES = [
     ("vae training lr inf", training_main, lambda d: ["lr=.inf"], "finite"),
     ("threads -1", finetune_main, lambda d: ["train", "--threads", "-1"], "threads"),
     ("stop after -5", training_main, lambda d: ["--stop-after", "-5"], "step"),
+    ("vae training steps inf", training_main, lambda d: vae_training(d, "steps=.inf"), "integer"),
+    ("vae training threads -1", training_main, lambda d: vae_training(d, "num_threads=-1"), "num_threads"),
+    ("vae training log_every 0", training_main, lambda d: vae_training(d, "log_every=0"), "log_every"),
+    ("vae training keep 0 checkpoints", training_main, lambda d: vae_training(d, "keep_checkpoints=0"),
+     "keep_checkpoints"),
+    ("vae training lr_floor -1", training_main, lambda d: vae_training(d, "lr_floor=-1"), "lr_floor"),
+    ("vae training output under a file", training_main,
+     lambda d: vae_training(d, f"output_dir={under_file(d) / 'run'}"), "under a file"),
+    ("vae training clips missing", training_main, lambda d: vae_training(d, f"data.videos={d / 'none'}"),
+     "does not exist"),
+    ("vae training pickled 2-D VAE", training_main, lambda d: vae_training(d, vae2d=pickled_vae2d(d / "v")),
+     "pickle"),
+    ("vae2d_model unknown key", training_main, lambda d: vae_training(d, "kind=vae2d", "vae2d_model={bogus: 1}"),
+     "vae2d_model.bogus"),
+    ("vae2d_model 2 blocks", training_main,
+     lambda d: vae_training(d, "kind=vae2d", "vae2d_model={block_out_channels: [16, 16], norm_num_groups: 8}"),
+     "block_out_channels"),
+    ("vae2d_model 7 groups", training_main,
+     lambda d: vae_training(d, "kind=vae2d", "vae2d_model={block_out_channels: [16, 16, 32, 32], norm_num_groups: 7}"),
+     "norm_num_groups"),
     ("override alias", finetune_main, lambda d: ["train", "train.seed=*a"], "aliases"),
     ("config value of the wrong type", finetune_main, lambda d: ["train", "train.max_steps=many"], "integer"),
 ]  # fmt: skip

@@ -186,5 +186,5 @@ def inflate_vae(vae2d, temporal_init: str = "zero", seed: int = 0, **config_over
 def load_frozen_vae2d(folder: str):
     from diffusers import AutoencoderKL
 
-    vae2d = AutoencoderKL.from_pretrained(folder).eval()
+    vae2d = AutoencoderKL.from_pretrained(folder, use_safetensors=True).eval()  # never a pickle
     return vae2d.requires_grad_(False)
