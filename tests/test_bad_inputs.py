@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from app.__main__ import main as app_main
 from app.batch import main as batch_main
 from app.handlers import ADAPTER_NONE
+from benchmarks.host_memory import main as host_memory_main
 from cvvae.cli import main as cvvae_main
 from cvvae.training.__main__ import main as training_main
 from finetune.__main__ import main as finetune_main
@@ -321,6 +322,8 @@ CASES = [
                  marks=pytest.mark.skipif(ROOT, reason="root writes into read-only folders")),
     ("output under a file", cvvae_main, under_a_file, "writable"),
     ("unknown option", cvvae_main, lambda d: rec(d, "--bogus"), "--bogus"),
+    ("host_memory missing clip", host_memory_main, lambda d: ["--video", str(d / "none.mp4")], "does not exist"),
+    ("host_memory 0 frames", host_memory_main, lambda d: ["--video", str(CLIP), "--frames", "0"], "--frames"),
     ("batch id with a newline", batch_main, lambda d: batch(d, json.dumps({"id": "a\n", "mode": "t2v"})), "id"),
     ("batch 2nd job steps 0", batch_main, lambda d: batch(d, T2V + "\n" + job(id="b", steps=0)), "steps"),
     ("batch 2nd job image missing", batch_main,
