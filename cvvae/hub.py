@@ -72,8 +72,9 @@ def download_hint(model_id: str, subfolder: str | None = None) -> str:
     return f"hf download {model_id}" + "".join(f' --include "{p}"' for p in patterns)
 
 
-def check_local_weights(folder: Path, allow_pickle: bool) -> None:
-    """Fail early and clearly on a local folder that holds no loadable model."""
+def check_local_weights(folder: Path, allow_pickle: bool, can_allow: bool = True) -> None:
+    """Fail early and clearly on a local folder that holds no loadable model (``can_allow``: the caller has
+    an ``allow_pickle`` switch to suggest)."""
     if not folder.is_dir():
         raise ModelLoadError(f"model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
@@ -88,7 +89,8 @@ def check_local_weights(folder: Path, allow_pickle: bool) -> None:
     if pickles and not allow_pickle:
         raise ModelLoadError(
             f"{folder} only has pickle weights ({', '.join(pickles)}); unpickling can run arbitrary code, so it is "
-            "refused. Convert them to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the file"
+            "refused. Convert them to safetensors"
+            + (", or pass allow_pickle=True (--allow-pickle) if you trust the file" if can_allow else "")
         )
     if not pickles:
         raise ModelLoadError(f"{folder} holds no weights (*.safetensors) next to its config.json")

@@ -212,6 +212,11 @@ def job(**settings) -> str:
     return json.dumps({k: v for k, v in {**base, **settings}.items() if v is not None})
 
 
+def i2v_job(**settings) -> str:
+    """A second batch job, image -> video, with ``settings``."""
+    return job(id="b", mode="i2v", prompt=None, **settings)
+
+
 def batch_bytes(d: Path, data: bytes) -> list[str]:
     argv = batch(d, "")
     (d / "j.jsonl").write_bytes(data)
@@ -293,6 +298,10 @@ CASES = [
     ("app outputs under a file", app_main, lambda d: ["--outputs", str(under_file(d) / "out")], "is a file"),
     ("app outputs a folder of other files", app_main, lambda d: ["--outputs", str(copy(IMAGE, d / "mine.jpg").parent)],
      "did not write"),
+    ("app --cvvae folder missing", app_main, lambda d: ["--cvvae", "runs/x/final", "--outputs", str(d / "out")],
+     "--cvvae folder runs/x/final does not exist"),
+    ("app --component folder missing", app_main,
+     lambda d: ["--component", "svd=./none", "--outputs", str(d / "out")], "--component svd folder ./none"),
     ("app device meta", app_main, lambda d: ["--device", "meta", "--outputs", str(d / "out")], "cannot run"),
     ("huge size", cvvae_main, lambda d: rec(d, "--height", "100000", "--width", "96"), "at most 8192"),
     ("decompression bomb", cvvae_main, lambda d: rec(d, source=png_header(d / "b.png", 20000, 20000)), "scale it"),
@@ -329,6 +338,13 @@ CASES = [
     ("batch 2nd job image missing", batch_main,
      lambda d: batch(d, T2V + "\n" + job(id="b", mode="i2v", image="none.png", prompt=None)), "not a file"),
     ("batch not UTF-8", batch_main, lambda d: batch_bytes(d, b'{"id": "\xff"}\n'), "UTF-8"),
+    ("batch 2nd job image 1000000x1", batch_main,
+     lambda d: batch(d, T2V + "\n" + i2v_job(image=str(wide_png(d / "w.png", 1000000, 1)))), "scale it down"),
+    ("batch 2nd job adapter missing", batch_main,
+     lambda d: batch(d, T2V + "\n" + i2v_job(image=str(IMAGE), adapter="runs/x/final")),
+     "adapter folder runs/x/final does not exist"),
+    ("batch out-dir under a file", batch_main, lambda d: [str(jobs(d / "j.jsonl", T2V)), "--out-dir",
+                                                          str(under_file(d) / "out")], "--out-dir"),
     ("batch 10 MB prompt", batch_main, lambda d: batch(d, job(prompt="x" * 10**7)), "at most"),
     ("batch 33 AnimateDiff latents", batch_main,
      lambda d: batch(d, json.dumps({"id": "a", "mode": "t2v", "prompt": "x", "num_latent_frames": 33})), "32"),
@@ -361,6 +377,9 @@ CASES = [
      "does not exist"),
     ("vae training pickled 2-D VAE", training_main, lambda d: vae_training(d, vae2d=pickled_vae2d(d / "v")),
      "pickle"),
+    ("vae evaluation pickled 2-D VAE", training_main,
+     lambda d: ["evaluate", "--vae2d", str(pickled_vae2d(d / "v")), "--model", f"nano={NANO_VAE2D.parent / 'cvvae'}",
+                "--videos", str(CLIP.parent), "--frames", "5", "--short-side", "32", "--out", str(d / "e")], "pickle"),
     ("vae2d_model unknown key", training_main, lambda d: vae_training(d, "kind=vae2d", "vae2d_model={bogus: 1}"),
      "vae2d_model.bogus"),
     ("vae2d_model 2 blocks", training_main,

@@ -110,7 +110,7 @@ class VAETrainConfig:
         if self.vae2d:
             if not Path(self.vae2d).is_dir():
                 raise InputError(f"vae2d folder {self.vae2d} does not exist")
-            check_local_weights(Path(self.vae2d), allow_pickle=False)  # never unpickled
+            check_local_weights(Path(self.vae2d), allow_pickle=False, can_allow=False)  # never unpickled
         if self.init and not Path(self.init).is_dir():
             raise InputError(f"init folder {self.init} does not exist")
         if self.kind == "vae2d":
