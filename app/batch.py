@@ -75,8 +75,8 @@ def read_jobs(path: str | Path) -> list[tuple[str, object]]:
 
 
 def check_jobs(jobs: list[tuple[str, object]], preset: str) -> None:
-    """Every job's settings with the preset's defaults, its image (read: size limits, readable) and adapter
-    folder: all checked before the first job runs."""
+    """Every job's settings with the preset's defaults, its image (the header: readable, within the size
+    limits) and adapter folder: all checked before the first job runs."""
     from cvvae.pipelines.adapters import load_adapter_info
     from cvvae.pipelines.presets import get_preset
     from cvvae.video import read_image
@@ -88,7 +88,7 @@ def check_jobs(jobs: list[tuple[str, object]], preset: str) -> None:
             if settings.image is not None:
                 if not Path(settings.image).is_file():
                     raise InputError(f"image {settings.image} is not a file")
-                read_image(settings.image)
+                read_image(settings.image, decode=False)  # its header: readable, within the size limits
             if settings.adapter:
                 load_adapter_info(settings.adapter)
         except UserError as err:

@@ -340,6 +340,8 @@ CASES = [
     ("batch not UTF-8", batch_main, lambda d: batch_bytes(d, b'{"id": "\xff"}\n'), "UTF-8"),
     ("batch 2nd job image 1000000x1", batch_main,
      lambda d: batch(d, T2V + "\n" + i2v_job(image=str(wide_png(d / "w.png", 1000000, 1)))), "scale it down"),
+    ("batch 2nd job image not an image", batch_main,
+     lambda d: batch(d, T2V + "\n" + i2v_job(image=str(copy(CLIP, d / "n.png")))), "not a readable image"),
     ("batch 2nd job adapter missing", batch_main,
      lambda d: batch(d, T2V + "\n" + i2v_job(image=str(IMAGE), adapter="runs/x/final")),
      "adapter folder runs/x/final does not exist"),
