@@ -48,6 +48,18 @@ def check_outputs_folder(folder: Path) -> Path:
     return folder
 
 
+def check_local_folders(cvvae: str | None, components: dict) -> None:
+    """Model folders given to the app exist (hub ids are checked when a tab first loads them; a missing
+    --adapters folder lists no adapters until fine-tuning makes it)."""
+    from cvvae.errors import InputError
+    from cvvae.hub import looks_local
+
+    named = [("--cvvae", cvvae), *((f"--component {k}", v) for k, v in components.items())]
+    for option, name in named:
+        if name and looks_local(name) and not Path(name).expanduser().is_dir():
+            raise InputError(f"{option} folder {name} does not exist: check the path")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from cvvae.cli import add_pipeline_options
     from cvvae.commands import Parser
@@ -141,12 +153,13 @@ def make_handlers(args: argparse.Namespace):
 
     if args.device:
         resolve_device(args.device)
+    components = parse_components(args.component)
+    check_local_folders(args.cvvae, components)
     args.outputs = check_outputs_folder(args.outputs)
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
     preset, notice = choose_preset(args.preset, cuda, weights=args.preset is not None or weights_reachable())
     get_preset(preset)  # InputError for an unknown preset
-    components = parse_components(args.component)
     if preset == "nano" and "svd" not in components and not nano_installed():
         from cvvae.errors import ModelLoadError
         from cvvae.weights import NANO_SVD

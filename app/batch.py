@@ -75,17 +75,32 @@ def read_jobs(path: str | Path) -> list[tuple[str, object]]:
 
 
 def check_jobs(jobs: list[tuple[str, object]], preset: str) -> None:
-    """Every job's settings with the preset's defaults, and its image: all checked before the first job runs."""
+    """Every job's settings with the preset's defaults, its image (the header: readable, within the size
+    limits) and adapter folder: all checked before the first job runs."""
+    from cvvae.pipelines.adapters import load_adapter_info
     from cvvae.pipelines.presets import get_preset
+    from cvvae.video import read_image
 
     p = get_preset(preset)
     for job_id, settings in jobs:
         try:
             settings.resolved(p).validate()
-            if settings.image is not None and not Path(settings.image).is_file():
-                raise InputError(f"image {settings.image} is not a file")
-        except InputError as err:
+            if settings.image is not None:
+                if not Path(settings.image).is_file():
+                    raise InputError(f"image {settings.image} is not a file")
+                read_image(settings.image, decode=False)  # its header: readable, within the size limits
+            if settings.adapter:
+                load_adapter_info(settings.adapter)
+        except UserError as err:
             raise InputError(f"job {job_id}: {err}") from err
+
+
+def make_out_dir(out_dir: Path) -> Path:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # under a file, a file itself, not writable
+        raise InputError(f"--out-dir {out_dir} cannot be made ({err.strerror}); give a writable folder") from err
+    return out_dir
 
 
 def is_finished(out_dir: Path, job_id: str) -> bool:
@@ -150,8 +165,7 @@ def run_batch(
         from cvvae.devices import resolve_device
 
         resolve_device(device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_out_dir(Path(out_dir))
     # on CPUs, processes launched together talk over gloo only when told they are CPU processes
     use_cpu = str(device or "").startswith("cpu") or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     state = PartialState(cpu=use_cpu)

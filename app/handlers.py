@@ -6,7 +6,10 @@ Bad input becomes ``gr.Error`` with an actionable message; nothing shows a stack
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
+import functools
 import logging
 import random
 import threading
@@ -98,7 +101,66 @@ def refuse(message: str) -> gr.Error:
 
 
 class Cancelled(Exception):
-    """Raised inside the denoising loop when the user pressed Cancel."""
+    """Raised inside the denoising loop once the job's event was cancelled."""
+
+
+@dataclass
+class Job:
+    """One running event: ``cancelled`` stops its denoising at the next step; ``written`` lists its results."""
+
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    written: list[Path] = field(default_factory=list)
+
+
+_JOB: contextvars.ContextVar[Job | None] = contextvars.ContextVar("cvvae_app_job", default=None)
+
+
+def step_callback():
+    """A diffusers ``callback_on_step_end`` raising :class:`Cancelled` once the running job is cancelled."""
+    job = _JOB.get()
+
+    def callback(pipe, step, timestep, callback_kwargs):
+        if job is not None and job.cancelled.is_set():
+            raise Cancelled(f"cancelled at denoising step {step + 1}")
+        return callback_kwargs
+
+    return callback
+
+
+def job_wrote(*paths) -> None:
+    """Record files the running job saved, so that its cancellation removes them."""
+    job = _JOB.get()
+    if job is not None:
+        job.written += [Path(p) for p in paths if p]
+
+
+def cancellable(fn):
+    """``fn`` (a blocking handler) as a coroutine for Gradio, whose cancellation reaches the work.
+
+    Gradio cancels an event (the Cancel button, a client's ``job.cancel()``) by cancelling its task; a
+    handler running in a thread would go on to the end and save its result. Here the cancellation
+    stops the denoising at the next step, waits for the thread, and removes whatever the job saved.
+    """
+
+    @functools.wraps(fn)
+    async def run(*args, **kwargs):
+        job = Job()
+        context = contextvars.copy_context()  # Gradio's progress tracker lives in the context
+        context.run(_JOB.set, job)
+        work = asyncio.get_running_loop().run_in_executor(None, functools.partial(context.run, fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            job.cancelled.set()
+            try:
+                with contextlib.suppress(Exception):
+                    await work  # stops at its next denoising step (a reconstruction runs to its end)
+            finally:
+                for path in job.written:
+                    path.unlink(missing_ok=True)
+            raise
+
+    return run
 
 
 @contextlib.contextmanager
@@ -174,10 +236,6 @@ def frames_label(num_latent_frames: int | float, fps: int | float, vae: str = "c
     return f"{n} latent frames -> **{frames} video frames** ({seconds:.1f} s at {float(fps):g} fps)"
 
 
-def _session(request) -> str:
-    return getattr(request, "session_hash", None) or "local"
-
-
 def random_seed() -> int:
     return random.randint(0, MAX_SEED)
 
@@ -192,26 +250,6 @@ class Handlers:
         self.gpu_lock = threading.Lock()
         self._vaes: dict[str, object] = {}  # variant -> CV-VAE for Reconstruct
         self._vae_lock = threading.Lock()
-        self._cancel: dict[str, threading.Event] = {}  # session -> "cancel my running job"
-
-    # ---- cancellation -----------------------------------------------------------------------------
-    def cancel(self, request: gr.Request = None) -> None:
-        """Cancel button: stop this session's running generation at the next denoising step."""
-        event = self._cancel.get(_session(request))
-        if event is not None:
-            event.set()
-
-    def _step_callback(self, session: str):
-        """A diffusers ``callback_on_step_end`` that raises :class:`Cancelled` once Cancel was pressed."""
-        event = self._cancel.setdefault(session, threading.Event())
-        event.clear()
-
-        def callback(pipe, step, timestep, callback_kwargs):
-            if event.is_set():
-                raise Cancelled(f"cancelled at denoising step {step + 1}")
-            return callback_kwargs
-
-        return callback
 
     # ---- shared helpers -------------------------------------------------------------------------
     def missing_mode(self, mode: str) -> str | None:
@@ -291,7 +329,7 @@ class Handlers:
         return "  \n".join(lines)
 
     # ---- generation -----------------------------------------------------------------------------
-    def _generate(self, settings_kwargs: dict, kind: str, progress, request=None) -> tuple[str, list[str], dict]:
+    def _generate(self, settings_kwargs: dict, kind: str, progress) -> tuple[str, list[str], dict]:
         """Validate, check the budget, run ``cvvae.pipelines.api.generate`` and return (video, files, meta)."""
         from cvvae.pipelines import api
         from cvvae.pipelines.decoding import planned_frames
@@ -302,7 +340,7 @@ class Handlers:
             self.check_budget(planned_frames(full.num_latent_frames, full.vae), full.height, full.width)
             out = self.output_path(kind, settings.seed, api.output_suffix(settings.mode))
             progress(0, desc="loading models (first run only)")
-            callback = self._step_callback(_session(request))
+            callback = step_callback()
             with self.gpu_lock:
                 result = api.generate(
                     settings,
@@ -314,6 +352,7 @@ class Handlers:
                     components=self.config.components or None,
                     callback_on_step_end=callback,
                 )
+                job_wrote(result.video_path, result.sidecar_path)
         fps = None if result.fps is None else round(float(result.fps), 3)
         meta = {"frames": result.frames, "fps": fps, "seconds": round(result.seconds, 1)}
         meta["size"] = f"{result.metadata.get('width')}x{result.metadata.get('height')}"
@@ -336,7 +375,6 @@ class Handlers:
         noise_aug_strength,
         tiling,
         adapter,
-        request: gr.Request = None,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 (Gradio reads the default)
     ):
         """Image -> video with SVD in CV-VAE latents. Returns (video path, [mp4, json], info markdown)."""
@@ -359,7 +397,7 @@ class Handlers:
             adapter=self.adapter_path(adapter),
             decode_tiling=str(tiling or "default"),
         )
-        video, files, meta = self._generate(kwargs, "i2v", progress, request)
+        video, files, meta = self._generate(kwargs, "i2v", progress)
         return video, files, self.info_text(meta)
 
     def text_to_video(
@@ -374,7 +412,6 @@ class Handlers:
         num_latent_frames,
         resolution,
         tiling,
-        request: gr.Request = None,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008
     ):
         """Text -> video (AnimateDiff, or SD 2.1 image then SVD). Returns (video, [mp4, json], info)."""
@@ -396,7 +433,7 @@ class Handlers:
             width=width,
             decode_tiling=str(tiling or "default"),
         )
-        video, files, meta = self._generate(kwargs, "t2v", progress, request)
+        video, files, meta = self._generate(kwargs, "t2v", progress)
         return video, files, self.info_text(meta)
 
     # ---- reconstruction -------------------------------------------------------------------------
@@ -457,6 +494,7 @@ class Handlers:
                     model_id=model_label(*self._vae_source(variant)),
                     tiling=changes,
                 )
+                job_wrote(*_result_paths(res, out))
         files = [str(p) for p in _result_paths(res, out)]
         extra = f"left: input, right: reconstruction by {VAE_VARIANTS[variant]}"
         return str(out), files, self.info_text(metrics_summary(res), extra, vae_variant=variant)
@@ -500,7 +538,6 @@ class Handlers:
         num_latent_frames,
         resolution,
         adapter,
-        request: gr.Request = None,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008
     ):
         """Same image and seed through the backbone's own VAE, CV-VAE, and CV-VAE + adapter.
@@ -523,7 +560,7 @@ class Handlers:
         videos, files, rows = [], [], []
         for i, (label, tag, extra) in enumerate(runs):
             progress(i / len(runs), desc=label)
-            video, paths, meta = self._generate({**base, **extra}, f"compare-{tag}", progress, request)
+            video, paths, meta = self._generate({**base, **extra}, f"compare-{tag}", progress)
             with user_errors("measuring flicker"):
                 f = clip_measures(read_video(video)[0], grouped=tag != "native")
             videos.append(video)
@@ -542,7 +579,6 @@ class Handlers:
         seed,
         steps,
         resolution,
-        request: gr.Request = None,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008
     ):
         """One prompt and seed through SD3: the same latents decoded by SD3's own VAE and by CV-VAE-SD3.
@@ -563,7 +599,7 @@ class Handlers:
         images, files = [], []
         for i, (label, vae) in enumerate((("SD3 VAE", "native"), ("CV-VAE-SD3", "cvvae"))):
             progress(i / 2, desc=label)
-            image, paths, _ = self._generate({**base, "vae": vae}, f"compare-sd3-{vae}", progress, request)
+            image, paths, _ = self._generate({**base, "vae": vae}, f"compare-sd3-{vae}", progress)
             images.append(image)
             files += paths
         a, b = (np.asarray(read_image(p))[None] for p in images)  # [1, H, W, 3] each

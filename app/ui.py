@@ -16,6 +16,7 @@ from .handlers import (
     RESOLUTIONS,
     SHORT_SIDES,
     Handlers,
+    cancellable,
     frames_label,
     random_seed,
 )
@@ -195,10 +196,12 @@ def _run_buttons(name: str):
     return run, stop
 
 
-def _gpu_event(button, fn, inputs, outputs, api_name: str, stop, cancel_fn=None):
-    """Bind ``fn`` to the shared one-at-a-time GPU queue; ``stop`` cancels it (``cancel_fn`` stops the work)."""
-    event = button.click(fn, inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1)
-    stop.click(cancel_fn, None, None, cancels=[event], queue=False, api_visibility="private")
+def _gpu_event(button, fn, inputs, outputs, api_name: str, stop):
+    """Bind ``fn`` to the shared one-at-a-time GPU queue; ``stop`` (or a client) cancels it, work included."""
+    event = button.click(
+        cancellable(fn), inputs, outputs, api_name=api_name, concurrency_id=GPU_QUEUE, concurrency_limit=1
+    )
+    stop.click(None, None, None, cancels=[event], queue=False, api_visibility="private")
     return event
 
 
@@ -231,7 +234,7 @@ def _i2v_tab(h: Handlers, d: UIDefaults):
         with gr.Column():
             outs = _outputs("i2v")
     inputs = [image, seed, steps, min_g, max_g, motion, fps, n, res, noise, tiling, adapter]
-    _gpu_event(run, h.image_to_video, inputs, list(outs), "image_to_video", stop, h.cancel)
+    _gpu_event(run, h.image_to_video, inputs, list(outs), "image_to_video", stop)
 
 
 def _t2v_tab(h: Handlers, d: UIDefaults):
@@ -256,7 +259,7 @@ def _t2v_tab(h: Handlers, d: UIDefaults):
         with gr.Column():
             outs = _outputs("t2v")
     inputs = [prompt, negative, backbone, seed, steps, guidance, fps, n, res, tiling]
-    _gpu_event(run, h.text_to_video, inputs, list(outs), "text_to_video", stop, h.cancel)
+    _gpu_event(run, h.text_to_video, inputs, list(outs), "text_to_video", stop)
 
 
 def _reconstruct_tab(h: Handlers, d: UIDefaults):
@@ -332,7 +335,6 @@ def _compare_svd(h: Handlers, d: UIDefaults):
         [native, cv, ad, table, files],
         "compare",
         stop,
-        h.cancel,
     )
 
 
@@ -360,9 +362,7 @@ def _compare_sd3(h: Handlers, d: UIDefaults):
                 )
             table = gr.Markdown(elem_id="compare-sd3-info")
             files = gr.File(label="Download", file_count="multiple", interactive=False)
-    _gpu_event(
-        run, h.compare_sd3, [prompt, seed, steps, res], [native, cv, table, files], "compare_sd3", stop, h.cancel
-    )
+    _gpu_event(run, h.compare_sd3, [prompt, seed, steps, res], [native, cv, table, files], "compare_sd3", stop)
 
 
 def build_demo(handlers: Handlers, defaults: UIDefaults | None = None) -> gr.Blocks:

@@ -19,6 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cvvae.commands import Parser, run_command
+from cvvae.errors import InputError
+
 CHILD = """
 import resource, runpy, sys
 sys.argv = ["cvvae", *sys.argv[1:]]
@@ -36,20 +39,36 @@ def peak_rss_gb(video: Path, frames: int, size: tuple[int, int], model: str, out
     args = ["reconstruct", str(video), str(out), "--model", model, "--frames", str(frames)]
     args += ["--height", str(size[0]), "--width", str(size[1]), "--overwrite"]
     run = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, check=False)
+    if run.returncode == 2:  # bad input (a --model that does not load, ...): its one error line
+        errors = [ln.removeprefix("error: ") for ln in run.stderr.splitlines() if ln.startswith("error:")]
+        raise InputError(errors[-1] if errors else "reconstruct refused its input")
     if run.returncode:
-        raise SystemExit(f"reconstruct failed:\n{run.stderr[-2000:]}")
+        raise RuntimeError(f"reconstruct failed:\n{run.stderr[-2000:]}")
     line = next(ln for ln in run.stdout.splitlines() if ln.startswith("PEAK_RSS_KB"))
     return int(line.split()[1]) / 2**20  # KB -> GB
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m benchmarks.host_memory", description=__doc__.splitlines()[0])
     p.add_argument("--video", type=Path, required=True)
-    p.add_argument("--frames", type=int, nargs="+", default=[60, 349])
-    p.add_argument("--size", type=int, nargs=2, default=(64, 96), metavar=("HEIGHT", "WIDTH"))
+    p.add_argument("--frames", type=_count, nargs="+", default=[60, 349])
+    p.add_argument("--size", type=_count, nargs=2, default=(64, 96), metavar=("HEIGHT", "WIDTH"))
     p.add_argument("--model", default="nano")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=_count, default=3)
     args = p.parse_args(argv)
+    return run_command(lambda: _measure(args))
+
+
+def _measure(args) -> int:
+    from cvvae.video import probe
+
+    probe(args.video)  # a missing or unreadable clip is one error line, before any run
     size = tuple(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         runs = {

@@ -50,19 +50,34 @@ def is_offline() -> bool:
 
 
 def looks_local(name: str | os.PathLike) -> bool:
-    """A path rather than a hub id: absolute, relative with ``./``/``../``, or existing on disk."""
-    text = str(name)
-    return os.path.isabs(text) or text.startswith((".", "~")) or Path(text).exists()
+    """A path rather than a hub id (``name`` or ``owner/name``): absolute, relative with ``./``/``../``/``~``,
+    more than one ``/`` deep (``runs/x/final``), or existing on disk. (A ``Path`` has lost its ``./``.)"""
+    text = os.fspath(name)
+    return os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or Path(text).exists()
+
+
+# What the loaders read of the shipped pipelines' repositories (model_index.json and the components'
+# configs, tokenizer files, fp16 weights), not their single-file checkpoints of several GB (as in the README).
+_SVD_FILES = ("*.json", "*.fp16.safetensors")
+_SD_FILES = ("*.json", "*.txt", "*.fp16.safetensors")
+DOWNLOAD_FILTERS = {
+    "stabilityai/stable-video-diffusion-img2vid-xt": _SVD_FILES,
+    "stabilityai/stable-video-diffusion-img2vid": _SVD_FILES,
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": _SD_FILES,
+    "stabilityai/stable-diffusion-2-1-base": _SD_FILES,
+}
 
 
 def download_hint(model_id: str, subfolder: str | None = None) -> str:
-    """The command that fetches ``model_id`` into the Hugging Face cache (``hf`` ships with huggingface_hub)."""
-    include = f' --include "{subfolder}/*"' if subfolder else ""  # only that model of the repository
-    return f"hf download {model_id}{include}"
+    """The command that fetches what is loaded of ``model_id`` into the Hugging Face cache (``hf`` ships
+    with huggingface_hub): one subfolder, or the files the pipeline loads, rather than the whole repository."""
+    patterns = [f"{subfolder}/*"] if subfolder else DOWNLOAD_FILTERS.get(model_id, ())
+    return f"hf download {model_id}" + "".join(f' --include "{p}"' for p in patterns)
 
 
-def check_local_weights(folder: Path, allow_pickle: bool) -> None:
-    """Fail early and clearly on a local folder that holds no loadable model."""
+def check_local_weights(folder: Path, allow_pickle: bool, can_allow: bool = True) -> None:
+    """Fail early and clearly on a local folder that holds no loadable model (``can_allow``: the caller has
+    an ``allow_pickle`` switch to suggest)."""
     if not folder.is_dir():
         raise ModelLoadError(f"model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
@@ -77,7 +92,8 @@ def check_local_weights(folder: Path, allow_pickle: bool) -> None:
     if pickles and not allow_pickle:
         raise ModelLoadError(
             f"{folder} only has pickle weights ({', '.join(pickles)}); unpickling can run arbitrary code, so it is "
-            "refused. Convert them to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the file"
+            "refused. Convert them to safetensors"
+            + (", or pass allow_pickle=True (--allow-pickle) if you trust the file" if can_allow else "")
         )
     if not pickles:
         raise ModelLoadError(f"{folder} holds no weights (*.safetensors) next to its config.json")
@@ -88,6 +104,8 @@ def hub_error(model_id: str, subfolder: str | None, err: Exception) -> ModelLoad
     where = model_id + (f" (subfolder {subfolder})" if subfolder else "")
     reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" if str(err) else type(err).__name__
     if looks_local(model_id):
+        if not Path(model_id).expanduser().is_dir():
+            return ModelLoadError(f"model folder {model_id} does not exist: check the path")
         return ModelLoadError(f"could not load {where}: the folder does not hold a loadable model ({reason})")
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     if is_offline():
@@ -166,7 +184,7 @@ def missing_models(models: dict[str, tuple[str, str | None]]) -> list[str]:
         elif looks_local(name):
             folder = Path(name).expanduser() / (subfolder or "")
             if not folder.is_dir():
-                problems.append(f"{what}: folder {folder} does not exist")
+                problems.append(f"{what}: folder {folder} does not exist (check the path)")
         else:
             remote.append((what, name, subfolder))
     if remote and (is_offline() or not hub_reachable()):

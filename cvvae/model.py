@@ -247,8 +247,8 @@ class _CVVAEFamily(ModelMixin, ConfigMixin):
             )
         if path.exists():
             check_local_weights(path / (kwargs.get("subfolder") or ""), allow_pickle)
-        elif looks_local(path):
-            raise ModelLoadError(f"model folder {path} does not exist")
+        elif looks_local(pretrained_model_name_or_path):
+            raise ModelLoadError(f"model folder {pretrained_model_name_or_path} does not exist: check the path")
         kwargs.setdefault("use_safetensors", None if allow_pickle else True)
         kwargs["output_loading_info"] = True
         parent = super().from_pretrained

@@ -148,14 +148,17 @@ def is_still_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in STILL_SUFFIXES
 
 
-def read_image(path: str | os.PathLike):
-    """Read a still image as an RGB ``PIL.Image.Image``."""
+def read_image(path: str | os.PathLike, decode: bool = True):
+    """Read a still image as an RGB ``PIL.Image.Image`` (``decode=False``: check its header only, before
+    any work: readable and within the size limits; returns None)."""
     from PIL import Image, UnidentifiedImageError
 
     path = _check_file(path)
     try:
         with Image.open(path) as img:  # reads the header only
             _check_source_size(path, img.width, img.height, MAX_IMAGE_PIXELS)
+            if not decode:
+                return None
             img.load()
             return img.convert("RGB")
     except VideoReadError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import urllib.error
 import urllib.request
 
@@ -239,28 +240,6 @@ def test_compare_handler_native_cvvae_and_adapter(handlers, tmp_path):
     assert len(files) == 6 and all(f.startswith(str(handlers.config.outputs)) for f in files)
 
 
-def test_cancel_stops_generation_and_saves_nothing(handlers, monkeypatch):
-    class Request:
-        session_hash = "browser-tab-1"
-
-    original = handlers._step_callback
-
-    def pressing_cancel_during_first_step(session):
-        callback = original(session)
-
-        def wrapped(pipe, step, timestep, kwargs):
-            handlers.cancel(Request())  # what the Cancel button calls
-            return callback(pipe, step, timestep, kwargs)
-
-        return wrapped
-
-    monkeypatch.setattr(handlers, "_step_callback", pressing_cancel_during_first_step)
-    args = (0, 3, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
-    with pytest.raises(gr.Error, match="cancelled at denoising step 1"):
-        handlers.image_to_video(str(IMAGE), *args, request=Request())
-    assert [p for p in handlers.config.outputs.glob("*") if not p.name.startswith(".")] == []
-
-
 def test_gpu_events_share_one_bounded_queue(handlers):
     demo = build_demo(handlers)
     gpu = {
@@ -308,6 +287,37 @@ def test_api_reconstruct_bad_upload_then_keeps_serving(server, tmp_path):
     video, files, info = client.predict(handle_file(str(CLIP)), 3, "128", "off", api_name="/reconstruct")
     assert read_video(video)[0].shape[0] == 3 and "PSNR" in info
     assert len(files) == 2 and len(list(handlers.config.outputs.glob("reconstruct_*.mp4"))) == 1
+
+
+def test_api_cancel_stops_the_denoising_and_saves_nothing(server, monkeypatch):
+    """A client's cancel (what the Cancel button sends too) stops image -> video at the next step."""
+    from gradio_client import Client, handle_file
+
+    import app.handlers
+
+    url, handlers = server
+    running, steps = threading.Event(), []
+    plain = app.handlers.step_callback
+
+    def waiting_for_cancel():
+        callback, job = plain(), app.handlers._JOB.get()
+
+        def step(pipe, i, t, kwargs):
+            steps.append(i)
+            running.set()
+            assert job.cancelled.wait(60)
+            return callback(pipe, i, t, kwargs)
+
+        return step
+
+    monkeypatch.setattr(app.handlers, "step_callback", waiting_for_cancel)
+    args = (0, 10, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
+    job = Client(url, verbose=False).submit(handle_file(str(IMAGE)), *args, api_name="/image_to_video")
+    assert running.wait(120)
+    job.cancel()
+    assert handlers.gpu_lock.acquire(timeout=60)  # the cancelled job let go of the models
+    handlers.gpu_lock.release()
+    assert steps == [0] and not list(handlers.config.outputs.glob("i2v_*"))
 
 
 def test_server_serves_outputs_and_examples_only(server):

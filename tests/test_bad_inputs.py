@@ -20,6 +20,8 @@ from safetensors.torch import save_file
 
 from app.__main__ import main as app_main
 from app.batch import main as batch_main
+from app.handlers import ADAPTER_NONE
+from benchmarks.host_memory import main as host_memory_main
 from cvvae.cli import main as cvvae_main
 from cvvae.training.__main__ import main as training_main
 from finetune.__main__ import main as finetune_main
@@ -210,6 +212,11 @@ def job(**settings) -> str:
     return json.dumps({k: v for k, v in {**base, **settings}.items() if v is not None})
 
 
+def i2v_job(**settings) -> str:
+    """A second batch job, image -> video, with ``settings``."""
+    return job(id="b", mode="i2v", prompt=None, **settings)
+
+
 def batch_bytes(d: Path, data: bytes) -> list[str]:
     argv = batch(d, "")
     (d / "j.jsonl").write_bytes(data)
@@ -218,6 +225,23 @@ def batch_bytes(d: Path, data: bytes) -> list[str]:
 
 def batch(d: Path, line: str) -> list[str]:
     return [str(jobs(d / "j.jsonl", line)), "--out-dir", str(d / "out"), "--preset", "tiny"]
+
+
+NANO_VAE2D = Path(__file__).resolve().parents[1] / "cvvae" / "weights" / "nano" / "vae2d"
+
+
+def pickled_vae2d(folder: Path) -> Path:
+    """The nano 2-D VAE saved the old way: config.json and diffusion_pytorch_model.bin only."""
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL.from_pretrained(NANO_VAE2D).save_pretrained(folder, safe_serialization=False)
+    return folder
+
+
+def vae_training(d: Path, *extra: str, vae2d: Path = NANO_VAE2D) -> list[str]:
+    """``python -m cvvae.training`` for one step into ``d/run``, against a 2-D VAE, then ``extra`` overrides."""
+    base = [f"output_dir={d / 'run'}", f"vae2d={vae2d}", "steps=1", "warmup=0", "data.size=16", "data.short_side=32"]
+    return [*base, f"data.videos={CLIP.parent}", f"data.cache_dir={d / 'cache'}", *extra]
 
 
 ROOT = os.geteuid() == 0
@@ -274,6 +298,10 @@ CASES = [
     ("app outputs under a file", app_main, lambda d: ["--outputs", str(under_file(d) / "out")], "is a file"),
     ("app outputs a folder of other files", app_main, lambda d: ["--outputs", str(copy(IMAGE, d / "mine.jpg").parent)],
      "did not write"),
+    ("app --cvvae folder missing", app_main, lambda d: ["--cvvae", "runs/x/final", "--outputs", str(d / "out")],
+     "--cvvae folder runs/x/final does not exist"),
+    ("app --component folder missing", app_main,
+     lambda d: ["--component", "svd=./none", "--outputs", str(d / "out")], "--component svd folder ./none"),
     ("app device meta", app_main, lambda d: ["--device", "meta", "--outputs", str(d / "out")], "cannot run"),
     ("huge size", cvvae_main, lambda d: rec(d, "--height", "100000", "--width", "96"), "at most 8192"),
     ("decompression bomb", cvvae_main, lambda d: rec(d, source=png_header(d / "b.png", 20000, 20000)), "scale it"),
@@ -287,16 +315,38 @@ CASES = [
     ("corrupt weights", cvvae_main, lambda d: rec(d, "--model", str(corrupt_weights(d / "m"))), "does not hold"),
     ("missing local model", cvvae_main, lambda d: rec(d, "--model", str(d / "none")), "does not exist"),
     ("not cached, offline", cvvae_main, lambda d: rec(d, "--model", "AILab-CVC/CV-VAE"), "hf download AILab-CVC"),
+    # a path that looks local is a folder that does not exist, never a hub id to download
+    ("missing ./ model folder", cvvae_main, lambda d: rec(d, "--model", "./no_such_vae"),
+     "model folder ./no_such_vae does not exist"),
+    ("missing runs/x/final model", cvvae_main, lambda d: rec(d, "--model", "runs/x/final"),
+     "model folder runs/x/final does not exist"),
+    ("missing component folder", cvvae_main, lambda d: gen(d, "--component", "svd=runs/x/final"),
+     "folder runs/x/final does not exist"),
+    ("missing adapter folder", cvvae_main, lambda d: gen(d, "--adapter", "runs/x/final"),
+     "adapter folder runs/x/final does not exist"),
+    ("SVD not cached, offline", cvvae_main, lambda d: ["generate", "i2v", "--image", str(IMAGE), "--out",
+                                                       str(d / "o.mp4")], '--include "*.fp16.safetensors"'),
     ("existing sidecar", cvvae_main, existing_output, "--overwrite"),
     pytest.param("read-only folder", cvvae_main, readonly_folder, "writable",
                  marks=pytest.mark.skipif(ROOT, reason="root writes into read-only folders")),
     ("output under a file", cvvae_main, under_a_file, "writable"),
     ("unknown option", cvvae_main, lambda d: rec(d, "--bogus"), "--bogus"),
+    ("host_memory missing clip", host_memory_main, lambda d: ["--video", str(d / "none.mp4")], "does not exist"),
+    ("host_memory 0 frames", host_memory_main, lambda d: ["--video", str(CLIP), "--frames", "0"], "--frames"),
     ("batch id with a newline", batch_main, lambda d: batch(d, json.dumps({"id": "a\n", "mode": "t2v"})), "id"),
     ("batch 2nd job steps 0", batch_main, lambda d: batch(d, T2V + "\n" + job(id="b", steps=0)), "steps"),
     ("batch 2nd job image missing", batch_main,
      lambda d: batch(d, T2V + "\n" + job(id="b", mode="i2v", image="none.png", prompt=None)), "not a file"),
     ("batch not UTF-8", batch_main, lambda d: batch_bytes(d, b'{"id": "\xff"}\n'), "UTF-8"),
+    ("batch 2nd job image 1000000x1", batch_main,
+     lambda d: batch(d, T2V + "\n" + i2v_job(image=str(wide_png(d / "w.png", 1000000, 1)))), "scale it down"),
+    ("batch 2nd job image not an image", batch_main,
+     lambda d: batch(d, T2V + "\n" + i2v_job(image=str(copy(CLIP, d / "n.png")))), "not a readable image"),
+    ("batch 2nd job adapter missing", batch_main,
+     lambda d: batch(d, T2V + "\n" + i2v_job(image=str(IMAGE), adapter="runs/x/final")),
+     "adapter folder runs/x/final does not exist"),
+    ("batch out-dir under a file", batch_main, lambda d: [str(jobs(d / "j.jsonl", T2V)), "--out-dir",
+                                                          str(under_file(d) / "out")], "--out-dir"),
     ("batch 10 MB prompt", batch_main, lambda d: batch(d, job(prompt="x" * 10**7)), "at most"),
     ("batch 33 AnimateDiff latents", batch_main,
      lambda d: batch(d, json.dumps({"id": "a", "mode": "t2v", "prompt": "x", "num_latent_frames": 33})), "32"),
@@ -317,6 +367,29 @@ CASES = [
     ("vae training lr inf", training_main, lambda d: ["lr=.inf"], "finite"),
     ("threads -1", finetune_main, lambda d: ["train", "--threads", "-1"], "threads"),
     ("stop after -5", training_main, lambda d: ["--stop-after", "-5"], "step"),
+    ("vae training steps inf", training_main, lambda d: vae_training(d, "steps=.inf"), "integer"),
+    ("vae training threads -1", training_main, lambda d: vae_training(d, "num_threads=-1"), "num_threads"),
+    ("vae training log_every 0", training_main, lambda d: vae_training(d, "log_every=0"), "log_every"),
+    ("vae training keep 0 checkpoints", training_main, lambda d: vae_training(d, "keep_checkpoints=0"),
+     "keep_checkpoints"),
+    ("vae training lr_floor -1", training_main, lambda d: vae_training(d, "lr_floor=-1"), "lr_floor"),
+    ("vae training output under a file", training_main,
+     lambda d: vae_training(d, f"output_dir={under_file(d) / 'run'}"), "under a file"),
+    ("vae training clips missing", training_main, lambda d: vae_training(d, f"data.videos={d / 'none'}"),
+     "does not exist"),
+    ("vae training pickled 2-D VAE", training_main, lambda d: vae_training(d, vae2d=pickled_vae2d(d / "v")),
+     "pickle"),
+    ("vae evaluation pickled 2-D VAE", training_main,
+     lambda d: ["evaluate", "--vae2d", str(pickled_vae2d(d / "v")), "--model", f"nano={NANO_VAE2D.parent / 'cvvae'}",
+                "--videos", str(CLIP.parent), "--frames", "5", "--short-side", "32", "--out", str(d / "e")], "pickle"),
+    ("vae2d_model unknown key", training_main, lambda d: vae_training(d, "kind=vae2d", "vae2d_model={bogus: 1}"),
+     "vae2d_model.bogus"),
+    ("vae2d_model 2 blocks", training_main,
+     lambda d: vae_training(d, "kind=vae2d", "vae2d_model={block_out_channels: [16, 16], norm_num_groups: 8}"),
+     "block_out_channels"),
+    ("vae2d_model 7 groups", training_main,
+     lambda d: vae_training(d, "kind=vae2d", "vae2d_model={block_out_channels: [16, 16, 32, 32], norm_num_groups: 7}"),
+     "norm_num_groups"),
     ("override alias", finetune_main, lambda d: ["train", "train.seed=*a"], "aliases"),
     ("config value of the wrong type", finetune_main, lambda d: ["train", "train.max_steps=many"], "integer"),
 ]  # fmt: skip
@@ -371,7 +444,7 @@ def test_overwrite_and_stale_temporaries(tmp_path, capsys):
 
 
 def test_app_refuses_non_numbers_with_its_own_message(tmp_path):
-    from app.handlers import ADAPTER_NONE, AppConfig, Handlers
+    from app.handlers import AppConfig, Handlers
 
     handlers = Handlers(AppConfig(preset="tiny", outputs=tmp_path / "out"))
     with pytest.raises(gr.Error, match="seed must be a whole number, got 'abc'"):
@@ -421,3 +494,59 @@ def test_adapter_fields_beyond_ours_are_dropped():
 
     hostile = {"r": 4, "lora_alpha": 8, "megatron_core": "os", "megatron_config": {"a": 1}, "layers_pattern": "(a+)+"}
     assert lora_settings(hostile) == {"r": 4, "lora_alpha": 8}
+
+
+I2V = (0, 3, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", ADAPTER_NONE)
+# (name, what the page runs, when the event is cancelled: at a denoising step (0 = the first), None = once saved)
+APP_CANCELS = [
+    ("image to video at step 1", lambda h: h.image_to_video(str(IMAGE), *I2V), 0),
+    ("text to video at step 2", lambda h: h.text_to_video("a cat", "", "animatediff", 0, 3, 7.5, 8, 2, "64x64", "off"),
+     1),
+    ("compare in its second run", lambda h: h.compare(str(IMAGE), 0, 2, 2, "64x64", ADAPTER_NONE), 2),
+    ("image to video once saved", lambda h: h.image_to_video(str(IMAGE), *I2V), None),
+    ("reconstruct once saved", lambda h: h.reconstruct(str(CLIP), 1, "128", "off"), None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, call, at", APP_CANCELS, ids=[case[0] for case in APP_CANCELS])
+def test_cancelled_app_job_stops_and_leaves_nothing(name, call, at, tmp_path, monkeypatch):
+    """Gradio cancels an event by cancelling its task (Cancel button or client): the denoising stops at the
+    next step and the job's results, if any, are removed."""
+    import asyncio
+
+    import app.handlers as module
+
+    handlers = module.Handlers(module.AppConfig(preset="tiny", outputs=tmp_path / "out"))
+    steps, plain_callback, plain_wrote = [], module.step_callback, module.job_wrote
+
+    async def run():
+        loop = asyncio.get_running_loop()
+
+        def cancel():  # from the worker thread, as Gradio's /cancel does from the server's
+            job = module._JOB.get()
+            loop.call_soon_threadsafe(task.cancel)
+            assert job.cancelled.wait(60)
+
+        def callback():
+            inner = plain_callback()
+
+            def step(pipe, i, t, kwargs):
+                steps.append(i)
+                len(steps) - 1 == at and cancel()
+                return inner(pipe, i, t, kwargs)
+
+            return step
+
+        def wrote(*paths):
+            plain_wrote(*paths)
+            at is None and cancel()
+
+        monkeypatch.setattr(module, "step_callback", callback)
+        monkeypatch.setattr(module, "job_wrote", wrote)
+        task = asyncio.ensure_future(module.cancellable(call)(handlers))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert not list((tmp_path / "out").iterdir())
+    assert at is None or len(steps) == at + 1  # not one step more

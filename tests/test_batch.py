@@ -18,7 +18,8 @@ def _jobs(tmp_path, lines):
 
 def test_batch_isolates_failures_and_resumes(tmp_path, capsys):
     Image.fromarray(np.full((48, 80, 3), 120, np.uint8)).save(tmp_path / "img.png")
-    (tmp_path / "broken.png").write_bytes(b"not an image")  # found up front, unreadable when its job runs
+    whole = (tmp_path / "img.png").read_bytes()
+    (tmp_path / "broken.png").write_bytes(whole[:60])  # a sound header (checked up front), no pixels when its job runs
     jobs = _jobs(
         tmp_path,
         [

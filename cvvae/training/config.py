@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import config as config_io
 from ..errors import InputError
+from ..hub import check_local_weights
 from .losses import GAN_LOSSES, MAPPINGS
 
 
@@ -106,17 +107,55 @@ class VAETrainConfig:
             raise InputError(f"kind must be cvvae or vae2d, got {self.kind!r}")
         if self.kind == "cvvae" and not self.vae2d:
             raise InputError("kind=cvvae needs vae2d: the frozen 2-D VAE folder (diffusers AutoencoderKL)")
-        if self.vae2d and not Path(self.vae2d).is_dir():
-            raise InputError(f"vae2d folder {self.vae2d} does not exist")
+        if self.vae2d:
+            if not Path(self.vae2d).is_dir():
+                raise InputError(f"vae2d folder {self.vae2d} does not exist")
+            check_local_weights(Path(self.vae2d), allow_pickle=False, can_allow=False)  # never unpickled
+        if self.init and not Path(self.init).is_dir():
+            raise InputError(f"init folder {self.init} does not exist")
+        if self.kind == "vae2d":
+            check_vae2d_model(self.vae2d_model)
         if self.mixed_precision not in ("no", "bf16"):
             raise InputError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.steps < 1 or self.lr <= 0 or self.checkpoint_every < 1 or self.warmup < 0:
             raise InputError("steps, lr and checkpoint_every must be positive, warmup >= 0")
+        if self.keep_checkpoints < 1 or self.log_every < 1 or min(self.sample_every, self.eval_every) < 0:
+            raise InputError("keep_checkpoints and log_every must be at least 1, sample_every and eval_every >= 0")
+        if not 0.0 <= self.lr_floor <= 1.0 or self.grad_clip < 0:
+            raise InputError(f"lr_floor must be in [0, 1] and grad_clip >= 0, got {self.lr_floor}, {self.grad_clip}")
+        if self.num_threads is not None and not 0 <= self.num_threads <= 1024:
+            raise InputError(f"num_threads must be from 0 (torch's default) to 1024, got {self.num_threads}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise InputError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        blocker = next((p for p in Path(self.output_dir).absolute().parents if p.exists()), None)
+        if Path(self.output_dir).is_file() or (blocker is not None and not blocker.is_dir()):
+            raise InputError(f"output_dir {self.output_dir} is under a file, not a folder")
         self.data.validate()
         self.loss.validate()
         return self
+
+
+# The arguments of diffusers' AutoencoderKL a kind=vae2d run may set (its four SD-shaped blocks are fixed).
+VAE2D_MODEL_KEYS = ("block_out_channels", "norm_num_groups", "layers_per_block", "latent_channels")
+
+
+def check_vae2d_model(args: dict) -> None:
+    """``vae2d_model``: known keys only, four positive channel counts divisible by ``norm_num_groups``."""
+    for key in args:
+        if key not in VAE2D_MODEL_KEYS:
+            raise InputError(f"vae2d_model.{key} is not a model argument; known: {', '.join(VAE2D_MODEL_KEYS)}")
+    channels, groups = args.get("block_out_channels"), args.get("norm_num_groups", 32)
+
+    def count(value, high: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= high
+
+    if not isinstance(channels, list) or len(channels) != 4 or not all(count(c, 4096) for c in channels):
+        raise InputError(f"vae2d_model.block_out_channels must be 4 channel counts (1..4096), got {channels!r}")
+    if not count(groups, 4096) or any(c % groups for c in channels):
+        raise InputError(f"vae2d_model.norm_num_groups must divide every block's channels, got {groups!r}")
+    for key, high in (("layers_per_block", 8), ("latent_channels", 64)):
+        if key in args and not count(args[key], high):
+            raise InputError(f"vae2d_model.{key} must be a whole number from 1 to {high}, got {args[key]!r}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> VAETrainConfig:

@@ -31,9 +31,12 @@ identity impossible).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 
+from ..errors import ModelLoadError
+from ..hub import check_local_weights
 from ..model import CVVAEModel, CVVAESD3Model, _CVVAEFamily
 
 TEMPORAL_INITS = ("zero", "identity", "default")
@@ -186,5 +189,8 @@ def inflate_vae(vae2d, temporal_init: str = "zero", seed: int = 0, **config_over
 def load_frozen_vae2d(folder: str):
     from diffusers import AutoencoderKL
 
-    vae2d = AutoencoderKL.from_pretrained(folder).eval()
+    if not Path(folder).is_dir():
+        raise ModelLoadError(f"2-D VAE folder {folder} does not exist")
+    check_local_weights(Path(folder), allow_pickle=False, can_allow=False)  # never unpickled
+    vae2d = AutoencoderKL.from_pretrained(folder, use_safetensors=True).eval()
     return vae2d.requires_grad_(False)

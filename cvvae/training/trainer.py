@@ -256,9 +256,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
+        self.data = self._data()  # bad clips fail before the run folder exists
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
-        self.data = self._data()
         resumed = self.resume()
         self.acc.init_trackers("logs")
         end = cfg.steps if self.stop_after is None else min(cfg.steps, self.stop_after)
