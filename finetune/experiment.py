@@ -424,9 +424,14 @@ def main(argv=None) -> int:
         "--curve", action="append", default=[], metavar="NAME=RUN", help="a tuning run whose checkpoints to measure "
         "over steps (seed 0 of every held-out clip): curves.png",
     )  # fmt: skip
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     args = p.parse_args(argv)
 
     def run() -> int:
+        if args.threads > 0:  # several runs sharing a CPU: one thread each avoids oversubscription
+            import torch
+
+            torch.set_num_threads(args.threads)
         arms = parse_arms(args.adapter)
         exp = Experiment(args.heldout, args.out, args.svd, arms, args.seeds, args.steps, args.resamples)
         rows = Runner(exp).run()

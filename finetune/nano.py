@@ -168,14 +168,17 @@ def write_folder(out: Path, parts: dict, vae2d: Path) -> Path:
 
 def assemble(init: Path, unet: Path, out: Path) -> Path:
     """The trained nano SVD folder: ``init`` (image encoder, feature extractor, scheduler, 2-D VAE) with the
-    trained ``unet`` (``finetune train`` with ``train.mode=full`` writes ``OUTPUT/unet``), in fp16."""
-    from diffusers import UNetSpatioTemporalConditionModel
+    trained ``unet`` (``finetune train`` with ``train.mode=full`` writes ``OUTPUT/unet``). The UNet and the VAE
+    (fp16 values already) are stored in fp16; the image encoder keeps the fp32 weights its embeddings came from."""
+    from safetensors.torch import load_file, save_file
 
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(init, tmp, ignore=shutil.ignore_patterns("unet"))
-    model = UNetSpatioTemporalConditionModel.from_pretrained(unet)
-    model.to(torch.float16).save_pretrained(tmp / "unet", safe_serialization=True)
+    shutil.copytree(unet, tmp / "unet")
+    for path in [*tmp.glob("unet/*.safetensors"), *tmp.glob("vae/*.safetensors")]:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+        save_file(tensors, str(path), metadata={"format": "pt"})
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

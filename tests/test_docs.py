@@ -35,13 +35,14 @@ SKIPPED = [
     (r"--device cuda|--num_processes [48]|--multi_gpu --num_processes 8", "needs CUDA GPUs"),
     (r"CONFIG\.yaml|my\.yaml|my_videos|held_out/|runs/conv_out", "a placeholder for your own files or runs"),
     (r"nano2-|CV-VAE/data|heldout_quality|cvvae\.training\.export", "needs the release's clips and hours of CPU"),
+    (r"finetune\.nano|finetune\.experiment|configs/nano/", "the nano SVD experiment: the release's clips, hours of CPU"),
     (r"^python -m app( |$)", "a server that runs until stopped (tests/test_app_browser.py drives it)"),
     (r"svd_xt_conv_out\.yaml", "needs SVD-XT's weights and a GPU"),
     (r"ACCELERATE_USE_CPU=1 accelerate launch", "tests/test_multiprocess.py runs it (free port, one thread each)"),
     (r"tiling_accuracy", "minutes of CPU per run (tests/test_tiling.py checks the same closeness)"),
 ]
 # Commands that must succeed here (small models); the others may instead give the clean weights error.
-MUST_SUCCEED = r"--model (nano|tiny|random)|--preset tiny|tiny\.yaml|demo-|demo=|runs/tiny|lpips|runs/mine"
+MUST_SUCCEED = r"--model (nano|tiny|random)|--preset (tiny|nano)|tiny\.yaml|demo-|demo=|runs/tiny|lpips|runs/mine"
 # one line per command (or per batch job) naming the model and the `hf download` that fetches it
 WEIGHTS_ERROR = re.compile(r"^(error|job \S+ failed: ModelLoadError): could not load .*hf download", re.M)
 # Paths that commands write (or that a skipped command makes): never expected in the repository.

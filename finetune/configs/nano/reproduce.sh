@@ -33,6 +33,6 @@ for arm in T L C; do
     train.keep_checkpoints=20 train.output_dir=$R/sweep/$arm-$lr
   ln -sfn sweep/$arm-$lr $R/tune-$arm
 done
-python -m finetune.experiment --heldout $R/data/heldout --svd $R/svd --out $R/experiment \
+python -m finetune.experiment --threads 1 --heldout $R/data/heldout --svd $R/svd --out $R/experiment \
   --adapter T=$R/tune-T/adapter --adapter L=$R/tune-L/adapter --adapter C=$R/tune-C/adapter \
-  --curve T=$R/tune-T --curve L=$R/tune-L --curve C=$R/tune-C
+  --curve T=$R/tune-T --curve L=$R/tune-L
