@@ -385,10 +385,10 @@ def nano_parts(tmp_path_factory):
 
 @pytest.fixture
 def nano_handlers(nano_parts, tmp_path, monkeypatch):
-    import app.handlers
+    from cvvae.pipelines.presets import PRESETS
 
     svd, adapter = nano_parts
-    monkeypatch.setitem(app.handlers.SHIPPED_ADAPTERS, "nano", ("nano (tuned to nano CV-VAE)", adapter))
+    monkeypatch.setitem(PRESETS["nano"].adapters, "nano (tuned to nano CV-VAE)", str(adapter))
     return Handlers(AppConfig(preset="nano", outputs=tmp_path / "out", components={"svd": str(svd)}))
 
 

@@ -35,7 +35,10 @@ SKIPPED = [
     (r"--device cuda|--num_processes [48]|--multi_gpu --num_processes 8", "needs CUDA GPUs"),
     (r"CONFIG\.yaml|my\.yaml|my_videos|held_out/|runs/conv_out", "a placeholder for your own files or runs"),
     (r"nano2-|CV-VAE/data|heldout_quality|cvvae\.training\.export", "needs the release's clips and hours of CPU"),
-    (r"finetune\.nano|finetune\.experiment|configs/nano/", "the nano SVD experiment: the release's clips, hours of CPU"),
+    (
+        r"finetune\.nano|finetune\.experiment|configs/nano/",
+        "the nano SVD experiment: the release's clips, hours of CPU",
+    ),
     (r"^python -m app( |$)", "a server that runs until stopped (tests/test_app_browser.py drives it)"),
     (r"svd_xt_conv_out\.yaml", "needs SVD-XT's weights and a GPU"),
     (r"ACCELERATE_USE_CPU=1 accelerate launch", "tests/test_multiprocess.py runs it (free port, one thread each)"),

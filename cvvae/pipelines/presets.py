@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..errors import InputError, ModelLoadError
 from ..hub import CVVAE_HUB_ID, missing_models, resolve_subfolder
-from ..weights import NANO_SVD
+from ..weights import NANO_ADAPTER, NANO_SVD
 from .backbones import BACKBONES, component_keys, get_backbone
 from .defaults import NANO, SVD, Defaults
 
@@ -25,6 +25,7 @@ class Preset:
     backbones: dict = field(default_factory=lambda: {"i2v": "svd", "t2v": "animatediff", "t2i": "sd3"})
     overrides: dict = field(default_factory=dict)  # backbone -> Defaults that differ from the backbone's
     random_weights: bool = False  # 'tiny': every component random, built in-process
+    adapters: dict = field(default_factory=dict)  # label -> adapter folder shipped for this preset (app menus)
 
     @property
     def t2v_backbone(self) -> str:
@@ -71,6 +72,7 @@ PRESETS: dict[str, Preset] = {
         {"svd": str(NANO_SVD), "cvvae": "nano"},
         backbones={"i2v": "svd"},
         overrides={"svd": NANO},
+        adapters={"nano (tuned to nano CV-VAE)": str(NANO_ADAPTER)},
     ),
     "tiny": Preset(
         "tiny", "tiny RANDOM components built in-process (tests, machines without weights)", random_weights=True
