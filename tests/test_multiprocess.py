@@ -76,5 +76,5 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path):
     assert weights[0].keys() == weights[1].keys() and gap(weights[1], weights[0]) < 0.1 * gap(weights[2], weights[0])
     ckpt = tmp_path / "two" / "checkpoint-2"
     files = sorted(p.name for p in ckpt.iterdir())  # written once, with both processes' random states
-    assert files == ["complete.json", "optimizer.safetensors", "rng_0.safetensors", "rng_1.safetensors",
+    assert files == ["adapter", "complete.json", "optimizer.safetensors", "rng_0.safetensors", "rng_1.safetensors",
                      "state.json", "trainable.safetensors"]  # fmt: skip
