@@ -228,3 +228,13 @@ def test_the_shipped_nano_preset_moves_the_example_image(tmp_path):
     image = resize_frame(np.asarray(read_image(CAT).convert("RGB")), (64, 64))
     assert metrics.motion(frames) > 0.05  # px per frame: it moves ...
     assert metrics.psnr(frames[:1], image[None]) > 16  # ... from the picture it was given (random weights: ~8 dB)
+
+
+def test_a_missing_local_model_gets_no_download_advice(tmp_path):
+    from cvvae.errors import ModelLoadError
+    from cvvae.pipelines.presets import check_models
+
+    with pytest.raises(ModelLoadError) as err:
+        check_models("nano", "svd", {"svd": str(tmp_path / "missing")})
+    assert "does not exist" in str(err.value) and "Pass folders that exist" in str(err.value)
+    assert "network" not in str(err.value)

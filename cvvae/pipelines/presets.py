@@ -112,10 +112,13 @@ def check_models(preset: str, backbone: str, components: dict | None = None, cvv
     wanted = {"CV-VAE": (cvvae, subfolder), **{key: (parts[key], None) for key in record.components}}
     problems = missing_models(wanted)
     if problems:
-        raise ModelLoadError(
-            f"{len(problems)} model(s) cannot be loaded here: " + "; ".join(problems) + ". Download them on a "
-            "machine with network access, or pass local folders (--component NAME=FOLDER)"
+        remote = any("is not in the cache" in p for p in problems)  # a hub id (not a missing local folder)
+        advice = (
+            "Download them on a machine with network access, or pass local folders (--component NAME=FOLDER)"
+            if remote
+            else "Pass folders that exist (--component NAME=FOLDER)"
         )
+        raise ModelLoadError(f"{len(problems)} model(s) cannot be loaded here: " + "; ".join(problems) + f". {advice}")
 
 
 def weights_cached(preset: str) -> bool:
