@@ -155,7 +155,6 @@ def make_handlers(args: argparse.Namespace):
         resolve_device(args.device)
     components = parse_components(args.component)
     check_local_folders(args.cvvae, components)
-    args.outputs = check_outputs_folder(args.outputs)
 
     cuda = torch.cuda.is_available() and args.device != "cpu"
     preset, notice = choose_preset(args.preset, cuda, weights=args.preset is not None or weights_reachable())
@@ -168,6 +167,7 @@ def make_handlers(args: argparse.Namespace):
             f"the nano SVD is not in this installation ({NANO_SVD} has no model_index.json): "
             "pass its folder with --component svd=FOLDER, or run --preset tiny (random models)"
         )
+    args.outputs = check_outputs_folder(args.outputs)  # made only once everything else is known to be good
     device = args.device or ("cuda" if cuda else "cpu")
     config = AppConfig(
         preset=preset,

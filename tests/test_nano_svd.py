@@ -238,3 +238,13 @@ def test_a_missing_local_model_gets_no_download_advice(tmp_path):
         check_models("nano", "svd", {"svd": str(tmp_path / "missing")})
     assert "does not exist" in str(err.value) and "Pass folders that exist" in str(err.value)
     assert "network" not in str(err.value)
+
+
+def test_the_app_makes_no_outputs_folder_for_a_bad_preset(tmp_path):
+    from app.__main__ import make_handlers, parse_args
+    from cvvae.errors import InputError
+
+    out = tmp_path / "outputs"
+    with pytest.raises(InputError, match="unknown preset"):
+        make_handlers(parse_args(["--preset", "nope", "--outputs", str(out)]))
+    assert not out.exists()
