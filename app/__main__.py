@@ -130,17 +130,10 @@ def choose_preset(
 
 def weights_reachable(preset: str = "svd-xt") -> bool:
     """False only when the hub is offline and the preset's SVD and CV-VAE are not in the local cache."""
-    from cvvae.hub import DEFAULT_SUBFOLDER, is_offline
+    from cvvae.hub import is_offline
+    from cvvae.pipelines.presets import weights_cached
 
-    if not is_offline():
-        return True
-    from huggingface_hub import try_to_load_from_cache
-
-    from cvvae.pipelines.presets import PRESETS
-
-    parts = PRESETS[preset].all_components()
-    wanted = [(parts["svd"], "model_index.json"), (parts["cvvae"], f"{DEFAULT_SUBFOLDER}/config.json")]
-    return all(Path(repo).is_dir() or isinstance(try_to_load_from_cache(repo, name), str) for repo, name in wanted)
+    return not is_offline() or weights_cached(preset)
 
 
 def make_handlers(args: argparse.Namespace):

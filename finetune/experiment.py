@@ -109,12 +109,12 @@ class Runner:
         frames, _ = read_video(path)
         return frames
 
-    def frames(self, arm: Arm, path: Path, seed: int) -> np.ndarray:
-        """The clip of ``arm`` for held-out ``path`` and ``seed`` (written under ``OUT/clips``)."""
+    def frames(self, arm: Arm, path: Path, seed: int, real: np.ndarray) -> np.ndarray:
+        """The clip of ``arm`` for held-out ``path`` (its frames as ``arm``'s world sees them: ``real``) and
+        ``seed``; generated clips are written under ``OUT/clips``."""
         from cvvae.pipelines.api import GenerationSettings, generate
         from cvvae.video import read_video, write_image
 
-        real = world_frames(self.real(path), arm.world)
         if arm.frozen:
             return np.repeat(real[:1], len(real), axis=0)
         if arm.real:
@@ -141,8 +141,9 @@ class Runner:
         file = self.exp.out / "rows" / arm.name / f"{path.stem}_seed{seed}.json"
         if file.is_file():
             return json.loads(file.read_text(encoding="utf-8"))
-        frames = self.frames(arm, path, seed)
-        cond = None if (arm.real and not arm.vae) or arm.frozen else world_frames(self.real(path), arm.world)[0]
+        real = world_frames(self.real(path), arm.world)
+        frames = self.frames(arm, path, seed, real)
+        cond = None if (arm.real and not arm.vae) or arm.frozen else real[0]
         row = {"clip": path.stem, "seed": seed, **measure(frames, cond, arm.world)}
         latent_vae = self.vae("nano" if arm.world == "cvvae" else "nano-2d")
         z = latent_vae.encode_frames(frames)[0].float().numpy()  # [C, n, h, w]

@@ -13,20 +13,14 @@ import torch
 from conftest import CLIP
 
 from cvvae.weights import NANO_VAE2D
+from finetune.nano import UNET_CONFIG
 
 CAT = Path(__file__).resolve().parents[1] / "assets" / "examples" / "cat.jpg"
 SMALL_UNET = dict(  # the nano UNet's structure at a test's size
-    sample_size=8,
-    in_channels=8,
-    out_channels=4,
+    UNET_CONFIG,
     down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
     up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
     block_out_channels=(32, 64),
-    layers_per_block=1,
-    cross_attention_dim=64,
-    num_attention_heads=(2, 4),
-    addition_time_embed_dim=32,
-    projection_class_embeddings_input_dim=96,
 )
 
 

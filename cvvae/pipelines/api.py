@@ -63,17 +63,14 @@ class PipelineBundle:
         backbone in its own world, one latent per frame (for comparisons)."""
         if variant not in self._vaes:
             from ..loading import load_vae
-            from ..vaes import CVVAE, VAE_SPECS, load_video_vae
+            from ..vaes import VAE_SPECS, load_video_vae
 
             t0 = time.perf_counter()
             name, dtype = self.components["cvvae"], None if self.dtype == torch.float32 else self.dtype
-            spec = None if name == "tiny" or variant != "sd21" else VAE_SPECS.get(name)
-            vae = load_video_vae(name, dtype=dtype) if spec else None
-            if vae is None or isinstance(vae, CVVAE):
-                vae = load_vae(name, self.cvvae_subfolder, dtype=dtype, variant=variant)
+            if name != "tiny" and variant == "sd21" and name in VAE_SPECS:  # a named VAE: its spec says what loads
+                self._vaes[variant] = load_video_vae(name, dtype=dtype).module
             else:
-                vae = vae.module  # an image VAE
-            self._vaes[variant] = vae
+                self._vaes[variant] = load_vae(name, self.cvvae_subfolder, dtype=dtype, variant=variant)
             self.load_seconds["cvvae" if variant == "sd21" else f"cvvae_{variant}"] = time.perf_counter() - t0
         return self._vaes[variant]
 
@@ -126,13 +123,11 @@ class PipelineBundle:
     def adapter_mismatch(self, info) -> str | None:
         """What differs between the models ``info`` (an ``AdapterInfo``) was trained on and the SVD pipeline's
         UNet (without an adapter) and VAE; None when nothing recorded differs."""
-        from .adapters import base_mismatch
+        from .adapters import base_mismatch, remove_adapter
 
-        pipe = self.pipeline("svd")
         with self.lock:
-            if self._adapter is not None:
-                from .adapters import remove_adapter
-
+            pipe = self.pipeline("svd")
+            if self._adapter is not None:  # compare with the base UNet itself
                 remove_adapter(pipe.unet)
                 self._adapter = self._adapter_info = None
             problem = base_mismatch(info, pipe.unet, pipe.vae)

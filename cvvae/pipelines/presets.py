@@ -128,11 +128,12 @@ def weights_cached(preset: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     from ..hub import DEFAULT_SUBFOLDER
+    from ..weights import SHIPPED
 
     parts = get_preset(preset).all_components()
     wanted = [(parts["svd"], "model_index.json"), (parts["cvvae"], f"{DEFAULT_SUBFOLDER}/config.json")]
     return all(
-        name == "nano" or Path(name).is_dir() or isinstance(try_to_load_from_cache(name, file), str)
+        name in SHIPPED or Path(name).is_dir() or isinstance(try_to_load_from_cache(name, file), str)
         for name, file in wanted
     )
 
