@@ -1,0 +1,63 @@
+"""Building blocks computed a faster way than written: they must equal the plain computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cvvae.blocks import Upsample, upsampled_conv
+
+
+def nearest_then_conv(x, weight, bias, mode):
+    """The upsampler as the release writes it: nearest x2 in space, pad one pixel, 3-D conv."""
+    up = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
+    return F.conv3d(F.pad(up, (1, 1, 1, 1, 0, 0), mode="constant" if mode == "zeros" else mode), weight, bias)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "replicate"])
+@pytest.mark.parametrize("kt", [1, 3])
+def test_upsampled_conv_equals_nearest_then_conv(mode, kt):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, kt + 2, 3, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 5, kt, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(upsampled_conv(x, w, b, mode), nearest_then_conv(x, w, b, mode), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("time, spatial", [(False, "zeros"), (True, "zeros"), (True, "replicate")])
+def test_upsampler_matches_the_release_and_trains(time, spatial):
+    torch.manual_seed(0)
+    up = Upsample(4, time=time, spatial=spatial).double()
+    x = torch.randn(1, 4, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+
+    def reference(x):  # the release's Upsample3D: replicate a frame at each end, nearest, conv, halves to frames
+        y = nearest_then_conv(torch.cat([x[:, :, :1], x, x[:, :, -1:]], 2), up.conv.weight, up.conv.bias, spatial)
+        if not time:
+            return y
+        b, c2, t, h, w = y.shape
+        return y.view(b, 2, c2 // 2, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)[:, :, 1:]
+
+    ours, ref = up(x), reference(x)
+    assert ours.shape == (1, 4, 5 if time else 3, 10, 12)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(ours.square().sum(), (x, up.conv.weight))
+    torch.testing.assert_close(grads, torch.autograd.grad(ref.square().sum(), (x, up.conv.weight)))
+
+
+def test_upsampler_kernel_follows_new_weights():
+    """The phase kernel is kept between calls: a load or an in-place change of the weights must renew it."""
+    up = Upsample(4, time=False)
+    x = torch.randn(1, 4, 2, 3, 3)
+
+    def expected():
+        return nearest_then_conv(torch.cat([x[:, :, :1], x, x[:, :, -1:]], 2), up.conv.weight, up.conv.bias, "zeros")
+
+    with torch.inference_mode():
+        up(x)
+    up.load_state_dict({k: v + 1 for k, v in up.state_dict().items()})
+    with torch.inference_mode():
+        torch.testing.assert_close(up(x), expected())
+    with torch.no_grad():
+        up.conv.weight.mul_(-2)
+        torch.testing.assert_close(up(x), expected())
