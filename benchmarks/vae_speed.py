@@ -5,12 +5,18 @@ depend on their values).
     python -m benchmarks.vae_speed --device cpu --small --repeats 1    # smoke test anywhere (seconds, fp32)
     python -m benchmarks.vae_speed --device cpu --cases 33x64x64 --repeats 1 --threads 2 \
         --tiling release default off exact                            # side by side with the release, CPU
+    python -m benchmarks.vae_speed --device cpu --cases 33x64x64 --repeats 1 --threads 2 \
+        --release-repo CV-VAE --tiling release-code default off exact # ... and the released code itself
 
 ``--tiling``: ``default`` is the model's own default (whole clip when it fits, else the cheapest tiling
 that fits; the row records the choice and its memory estimate), ``off`` the whole clip, ``exact`` /
 ``pooled`` / ``tile-norm`` tiling forced with those statistics, ``release`` the released implementation's
 algorithm at its defaults (16-frame chunks, 576 px tiles, overlap 0.2222; rewritten from its description in
-``benchmarks.tiling_accuracy``). Errors are against the fp32 whole clip, times also relative to ``release``.
+``benchmarks.tiling_accuracy``) run on our model, ``release-code`` the released implementation itself
+(``--release-repo DIR``: a local clone of https://github.com/AILab-CVC/CV-VAE; its ``CVVAEModel`` with the
+released config and our weights, at its own defaults; see ``benchmarks.release_code``). Where xformers is not
+installed the release's attention runs on an SDPA stand-in, and its rows say so (``attention``). Errors are
+against our fp32 whole clip, times also relative to ``release-code`` when it runs, else to ``release``.
 
 For each case (work, precision, tiling) it reports the median of ``--repeats`` synchronised runs
 after a warm-up, frames per second, peak memory, FLOPs (torch FlopCounterMode, counted once) and
@@ -35,6 +41,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks import release_code
 from cvvae import CVVAEModel
 from cvvae.tiling import tiling_report
 
@@ -105,6 +112,8 @@ def run_once(model: CVVAEModel, case: Case, x: torch.Tensor) -> torch.Tensor:
                 return release_encode(model, model._pad(x), *args)
             return release_decode(model, x, *args)
         if case.work == "encode":
+            if getattr(model, "release_code", False):  # the release does not pad: give it our padded clip
+                x = CVVAEModel._pad(x)
             return model.encode(x).latent_dist.mean
         return model.decode(x).sample
 
@@ -168,7 +177,14 @@ def main(argv: list[str] | None = None) -> None:
         "--tiling",
         nargs="+",
         default=["default", "off"],
-        choices=["default", "off", "exact", "pooled", "tile-norm", "release"],
+        choices=["default", "off", "exact", "pooled", "tile-norm", "release", "release-code"],
+    )
+    parser.add_argument(
+        "--release-repo",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a local clone of https://github.com/AILab-CVC/CV-VAE (for --tiling release-code)",
     )
     parser.add_argument("--cases", nargs="+", default=None, help="FxHxW clips instead of the built-in cases")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
@@ -185,6 +201,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-warmup", action="store_true", help="no warm-up run (the FLOP count runs first anyway)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
+    release_cls = None
+    if "release-code" in args.tiling:
+        if args.release_repo is None:
+            parser.error("--tiling release-code needs --release-repo DIR (a local clone of AILab-CVC/CV-VAE)")
+        if problem := release_code.check_repo(args.release_repo):
+            parser.error(f"--release-repo: {problem}")
+        try:
+            release_cls, _ = release_code.release_class(args.release_repo)
+        except Exception as e:  # any import failure of the clone (a missing dependency, a bad copy)
+            parser.error(f"--release-repo: could not import {args.release_repo}/models: {type(e).__name__}: {e}")
+        if args.small and not release_code.takes(release_cls, "norm_num_groups"):
+            parser.error(
+                "--tiling release-code cannot run with --small: the released CVVAEModel takes no norm_num_groups "
+                "(its GroupNorms have 32 groups; the small model has 8); run it without --small"
+            )
+    elif args.release_repo is not None and release_code.check_repo(args.release_repo):
+        parser.error(f"--release-repo: {release_code.check_repo(args.release_repo)}")
     args.dtypes = args.dtypes or (["bf16", "fp16"] if args.device == "cuda" else ["fp32"])
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,14 +228,24 @@ def main(argv: list[str] | None = None) -> None:
     config = dict(ch=32, ch_mult=(1, 1, 2, 2), norm_num_groups=8) if args.small else {}
     torch.manual_seed(0)
     base = CVVAEModel(**config).eval()
+    release_base, attention = None, None
+    if release_cls is not None:
+        release_base, attention = release_code.build_release(args.release_repo, base, small=args.small)
+        release_base.release_code = True
+    args.attention = attention
     cases = [c for text in args.cases for c in parse_case(text)] if args.cases else SMALL if args.small else FULL
     rows = []
     for case in cases:
         x = make_input(case, args.device)
         ref, flops = None, {}
         for tiling, name, variant in itertools.product(args.tiling, args.dtypes, args.variants):
-            model = set_tiling(copy.deepcopy(base).to(device=args.device, dtype=DTYPES[name]), tiling)
+            if tiling == "release-code":
+                model = copy.deepcopy(release_base).to(device=args.device, dtype=DTYPES[name])
+            else:
+                model = set_tiling(copy.deepcopy(base).to(device=args.device, dtype=DTYPES[name]), tiling)
             row = dict(asdict(case), dtype=name, tiling=tiling, variant=variant)
+            if tiling == "release-code":
+                row.update(attention=attention)
             xd = x.to(DTYPES[name])
             try:
                 if (tiling, name) not in flops:  # the same for every variant: count on the eager model
@@ -237,6 +280,8 @@ def write_reports(rows: list[dict], args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     meta = dict(device=device, torch=torch.__version__, small=args.small, repeats=args.repeats)
+    if getattr(args, "attention", None):
+        meta.update(release_repo=str(args.release_repo), release_attention=args.attention)
     (args.out / "vae_speed.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     columns = [
         "work",
@@ -256,8 +301,9 @@ def write_reports(rows: list[dict], args) -> None:
         "PSNR vs fp32",
         "chosen (est. GiB)",
     ]
+    baseline = "release-code" if any(r["tiling"] == "release-code" and "seconds" in r for r in rows) else "release"
     release = {(r["work"], r["frames"], r["height"], r["width"], r["dtype"]): r.get("seconds") for r in rows
-               if r["tiling"] == "release"}  # fmt: skip
+               if r["tiling"] == baseline}  # fmt: skip
     lines = [
         f"Device: {device}, torch {torch.__version__}, median of {args.repeats} runs after warm-up.",
         "",
@@ -283,6 +329,12 @@ def write_reports(rows: list[dict], args) -> None:
                 f"{r['chosen']} ({r['estimate_gib']:.2f})" if "chosen" in r else "",
             ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
+    if any(release.values()):
+        lines += ["", f"x release: time relative to the `{baseline}` row of the same clip and dtype."]
+    if getattr(args, "attention", None):
+        lines.append(
+            f"release-code: the released implementation from {args.release_repo}, attention: {args.attention}."
+        )
     (args.out / "vae_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

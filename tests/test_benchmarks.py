@@ -1,14 +1,18 @@
-"""The GPU benchmarks run end to end on CPU with tiny components (their --small smoke mode)."""
+"""The GPU benchmarks run end to end on CPU with tiny components (their --small smoke mode); their bad
+inputs stop before any work."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from benchmarks import svd_speed, vae_speed
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 
 
+@slow
 def test_svd_generation_benchmark_splits_time_between_unet_and_vae(tmp_path):
     args = ["generate", "--small", "--device", "cpu", "--latents", "3", "--steps", "2", "--native"]
     svd_speed.main(args + ["--out", str(tmp_path)])
@@ -20,6 +24,7 @@ def test_svd_generation_benchmark_splits_time_between_unet_and_vae(tmp_path):
     assert "| cvvae | 3 | 9 | 64x64 | 2 |" in (tmp_path / "svd_speed_generate.md").read_text()
 
 
+@slow
 def test_finetune_benchmark_counts_trainable_parameters_per_mode(tmp_path):
     args = ["finetune", "--small", "--device", "cpu", "--latents", "3", "--repeats", "1", "--out", str(tmp_path)]
     svd_speed.main(args + ["--modes", "conv_out", "lora", "--checkpointing", "0"])
@@ -30,6 +35,7 @@ def test_finetune_benchmark_counts_trainable_parameters_per_mode(tmp_path):
     assert all(r["s_per_step"] > 0 and r["loss"] == r["loss"] for r in rows)
 
 
+@slow
 def test_vae_speed_benchmark_writes_its_table(tmp_path):
     argv = ["--small", "--device", "cpu", "--repeats", "1", "--tiling", "off"]  # fp32 by default on a CPU
     argv += ["--variants", "eager", "channels_last"]
@@ -46,6 +52,7 @@ def test_vae_speed_benchmark_writes_its_table(tmp_path):
     assert channels_last["max_abs_err"] < 1e-4 and channels_last["tflop"] == eager["tflop"]
 
 
+@slow
 def test_tiling_accuracy_benchmark_reports_errors_and_work(tmp_path):
     from benchmarks import tiling_accuracy
 
@@ -57,6 +64,7 @@ def test_tiling_accuracy_benchmark_reports_errors_and_work(tmp_path):
     assert rows["ours, pooled"]["decode_work"] == 2 * rows["ours, tile"]["decode_work"] > 1  # two passes
 
 
+@slow
 def test_host_memory_benchmark_measures_fresh_processes(tmp_path, capsys):
     from conftest import CLIP
 
@@ -67,6 +75,7 @@ def test_host_memory_benchmark_measures_fresh_processes(tmp_path, capsys):
     assert set(runs) == {"5", "9"} and all(0.1 < gb[0] < 8 for gb in runs.values())
 
 
+@slow
 def test_gpu_script_dry_run_writes_every_step(tmp_path):
     """benchmarks/gpu.sh --dry-run: the steps of the GPU run at tiny sizes on the CPU, each with its figures."""
     import os
@@ -81,3 +90,63 @@ def test_gpu_script_dry_run_writes_every_step(tmp_path):
     steps = [line.split()[0] for line in (tmp_path / "summary.txt").read_text().splitlines()]
     assert steps == ["gpu-tests", "vae-speed", "svd-speed", "finetune-speed"]
     assert (tmp_path / "vae" / "vae_speed.json").is_file() and (tmp_path / "svd" / "svd_speed_generate.md").is_file()
+
+
+def fake_release(folder: Path, body: str) -> Path:
+    (folder / "models").mkdir(parents=True)
+    (folder / "models" / "__init__.py").write_text("")
+    (folder / "models" / "modeling_vae.py").write_text(body)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "repo, argv, message",
+    [
+        (None, [], "--tiling release-code needs --release-repo DIR"),
+        ("empty", [], "has no models/modeling_vae.py"),
+        ("broken", [], "could not import"),
+        ("no-groups", ["--small"], "cannot run with --small: the released CVVAEModel takes no norm_num_groups"),
+    ],
+)
+def test_vae_speed_release_code_refuses_a_missing_or_unusable_release(tmp_path, capsys, repo, argv, message):
+    if repo == "empty":
+        (tmp_path / "empty").mkdir()
+    elif repo == "broken":
+        fake_release(tmp_path / "broken", "import a_module_that_is_not_there\n")
+    elif repo == "no-groups":
+        fake_release(tmp_path / "no-groups", "class CVVAEModel:\n    def __init__(self, ch=128):\n        pass\n")
+    argv = ["--device", "cpu", "--tiling", "release-code", "off", "--out", str(tmp_path / "out"), *argv]
+    if repo:
+        argv += ["--release-repo", str(tmp_path / repo)]
+    with pytest.raises(SystemExit) as stop:
+        vae_speed.main(argv)
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "out").exists()  # stopped before any work
+
+
+@slow
+def test_vae_speed_times_the_released_code_next_to_ours(tmp_path):
+    """The release's own CVVAEModel (a clone named by CVVAE_RELEASE_REPO) at full width, with our weights."""
+    repo = os.environ.get("CVVAE_RELEASE_REPO")
+    if not repo or not (Path(repo) / "models" / "modeling_vae.py").is_file():
+        pytest.skip("set CVVAE_RELEASE_REPO to a clone of https://github.com/AILab-CVC/CV-VAE")
+    argv = ["--device", "cpu", "--cases", "9x16x16", "--repeats", "1", "--no-warmup", "--release-repo", repo]
+    vae_speed.main(argv + ["--tiling", "release-code", "off", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "vae_speed.json").read_text())["rows"]
+    assert [(r["work"], r["tiling"]) for r in rows] == [
+        ("encode", "release-code"),
+        ("encode", "off"),
+        ("decode", "release-code"),
+        ("decode", "off"),
+    ]
+    for release, ours in (rows[0:2], rows[2:4]):
+        assert release["attention"] and "attention" not in ours
+        assert release["max_abs_err"] < 1e-4 and ours["max_abs_err"] == 0  # the same network, the same weights
+        assert release["seconds"] > 0 and release["tflop"] > 0 and release["tflops_per_s"] > 0
+    report = (tmp_path / "vae_speed.md").read_text()
+    assert "| encode | 9 | 16x16 | fp32 | release-code | eager |" in report
+    assert "relative to the `release-code` row" in report
+    baselines = [line for line in report.splitlines() if "| release-code |" in line]
+    assert len(baselines) == 2 and all(" | 1.00x | " in line for line in baselines)  # each its own baseline
