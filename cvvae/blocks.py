@@ -375,6 +375,9 @@ class Upsample(nn.Module):
                 self._kernel = (key, phase_kernel(w))
         return self._kernel[1]
 
+    def __getstate__(self) -> dict:  # copies (``copy.deepcopy``, ``cvvae.memory.meta_copy``) rebuild the kernel
+        return {**self.__dict__, "_kernel": None}
+
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         self._kernel = None  # inference tensors have no version counter: a load may keep the storage
         super()._load_from_state_dict(*args, **kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,3 +63,10 @@ def test_upsampler_kernel_follows_new_weights():
     with torch.no_grad():
         up.conv.weight.mul_(-2)
         torch.testing.assert_close(up(x), expected())
+
+
+def test_copies_do_not_carry_the_kept_kernel():
+    up = Upsample(4, time=True)
+    with torch.inference_mode():
+        up(torch.randn(1, 4, 2, 3, 3))
+    assert up._kernel is not None and copy.deepcopy(up)._kernel is None
