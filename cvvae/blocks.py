@@ -137,6 +137,11 @@ def group_norm(channels: int, groups: int, eps: float = GROUPNORM_EPS) -> Pooled
     return PooledGroupNorm(groups, channels, eps=eps, affine=True)
 
 
+def silu_fresh(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of a tensor nothing else holds (a norm's output): in place outside autograd, no second activation."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
 # --------------------------------------------------------------------------------------------
 # Convolutions
 # --------------------------------------------------------------------------------------------
@@ -276,8 +281,8 @@ class ResBlock(nn.Module):
         return getattr(self, self.shortcut_name)(x) if self.shortcut_name else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(silu_fresh(self.norm1(x)))
+        h = self.conv2(self.dropout(silu_fresh(self.norm2(h))))
         return self._shortcut(x) + h
 
     def steps(self) -> list:
@@ -323,14 +328,14 @@ def _phase_taps(w: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def upsampled_conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mode: str, halves: int = 1
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mode: str, halves: int = 1, drop: int = 0
 ) -> torch.Tensor:
     """``conv3d(nearest x2 in space of x, weight)`` with one pixel of ``mode`` padding in space, computed
     on ``x`` itself: each of the four output phases is a 2x2 conv with summed taps, 16 instead of 36
     multiplications per input pixel (exact up to float rounding). ``weight`` is ``[O, I, kt, 3, 3]``,
     or already the phase kernel ``[4 O, I, kt, 2, 2]`` (:func:`phase_kernel`). With ``halves=2`` the
-    output channels' halves become interleaved frames: ``[B, O / 2, 2 T, 2 H, 2 W]``, frame ``2t + n``
-    from half ``n``."""
+    output channels' halves become interleaved frames, frame ``2t + n`` from half ``n``, of which the
+    first ``drop`` are left out: ``[B, O / halves, halves T - drop, 2 H, 2 W]``."""
     kernel = weight if weight.shape[-1] == 2 else phase_kernel(weight)
     b, _, _, h, w = x.shape
     o = kernel.shape[0] // (4 * halves)
@@ -338,11 +343,14 @@ def upsampled_conv(
     y = F.conv3d(x, kernel, None if bias is None else bias.repeat(4))  # (B, 4 O, T, H + 1, W + 1)
     t = y.shape[2]
     y = y.view(b, 2, 2, halves, o, t, h + 1, w + 1)
-    out = y.new_empty(b, o, t, halves, h, 2, w, 2)
-    for i in range(2):  # output pixel (2r + i, 2c + j) is phase (i, j) at (r + i, c + j)
-        for j in range(2):
-            out[:, :, :, :, :, i, :, j] = y[:, i, j, :, :, :, i : i + h, j : j + w].permute(0, 2, 3, 1, 4, 5)
-    return out.view(b, o, t * halves, 2 * h, 2 * w)
+    out = y.new_empty(b, o, halves * t - drop, 2 * h, 2 * w)
+    for n in range(halves):
+        first = max(0, -(-(drop - n) // halves))  # the first frame of half n that is kept
+        start = first * halves + n - drop
+        for i in range(2):  # output pixel (2r + i, 2c + j) is phase (i, j) at (r + i, c + j)
+            for j in range(2):
+                out[:, :, start::halves, i::2, j::2] = y[:, i, j, n, :, first:, i : i + h, j : j + w]
+    return out
 
 
 def phase_kernel(weight: torch.Tensor) -> torch.Tensor:
@@ -384,9 +392,9 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)  # replicate one frame at each end
-        halves = 2 if self.time else 1
-        x = upsampled_conv(x, self._phase_kernel(), self.conv.bias, self.conv.padding_mode, halves)
-        return x[:, :, 1:] if self.time else x  # (B, C, 2T, 2H, 2W): frame 0 comes from the padding
+        halves, drop = (2, 1) if self.time else (1, 0)  # in time, frame 0 of the doubled clip is the padding's
+        # (B, C, 2T - 1, 2H, 2W) in time, else (B, C, T, 2H, 2W)
+        return upsampled_conv(x, self._phase_kernel(), self.conv.bias, self.conv.padding_mode, halves, drop)
 
 
 # --------------------------------------------------------------------------------------------

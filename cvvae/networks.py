@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Downsample, ResBlock, Upsample, group_norm, make_attention, make_conv, temporal_reach
+from .blocks import Downsample, ResBlock, Upsample, group_norm, make_attention, make_conv, silu_fresh, temporal_reach
 
 
 class _Mid(nn.Module):
@@ -105,7 +105,7 @@ class Encoder(_Stack):
         h = self.run(self.mid.block_1, h)
         h = self.run(self.mid.attn_1, h)
         h = self.run(self.mid.block_2, h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu_fresh(self.norm_out(h)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.low(self.high(x))
@@ -165,7 +165,7 @@ class Decoder(_Stack):
                 h = self.run(block, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu_fresh(self.norm_out(h)))
 
     def high_steps(self) -> list:
         """``high`` as steps paused at each GroupNorm (see ``ResBlock.steps``)."""

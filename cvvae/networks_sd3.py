@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import CausalConv3d, FrameAttention, ResBlock, Upsample, group_norm, make_conv, temporal_reach
+from .blocks import CausalConv3d, FrameAttention, ResBlock, Upsample, group_norm, make_conv, silu_fresh, temporal_reach
 from .networks import _apply, _Stack
 
 EPS = 1e-6
@@ -98,7 +98,7 @@ class EncoderSD3(_Stack):
         h = self.run(self.mid_block.resnets[0], h)
         h = self.run(self.mid_block.attentions[0], h)
         h = self.run(self.mid_block.resnets[1], h)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+        return self.conv_out(silu_fresh(self.conv_norm_out(h)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.low(self.high(x))
@@ -138,7 +138,7 @@ class DecoderSD3(_Stack):
                 h = self.run(resnet, h)
             if hasattr(block, "upsamplers"):
                 h = block.upsamplers[0](h)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+        return self.conv_out(silu_fresh(self.conv_norm_out(h)))
 
     def high_steps(self) -> list:
         steps = []
