@@ -43,6 +43,7 @@ SKIPPED = [
     (r"svd_xt_conv_out\.yaml", "needs SVD-XT's weights and a GPU"),
     (r"ACCELERATE_USE_CPU=1 accelerate launch", "tests/test_multiprocess.py runs it (free port, one thread each)"),
     (r"tiling_accuracy", "minutes of CPU per run (tests/test_tiling.py checks the same closeness)"),
+    (r"--release-repo", "needs a clone of the released code from GitHub, and minutes of CPU"),
 ]
 # Commands that must succeed here (small models); the others may instead give the clean weights error.
 MUST_SUCCEED = r"--model (nano|tiny|random)|--preset (tiny|nano)|tiny\.yaml|demo-|demo=|runs/tiny|lpips|runs/mine"
