@@ -223,6 +223,7 @@ def time_steps(args, mode, checkpointing, height, width, cfg, dtype) -> dict:
     from cvvae import CVVAEModel
     from cvvae.latents import LatentScaling
     from cvvae.loading import build_tiny_vae
+    from cvvae.vaes import as_video_vae
     from finetune.config import LoraSettings
     from finetune.models import setup_trainable, trainable_parameters
     from finetune.objective import edm_loss
@@ -232,6 +233,7 @@ def time_steps(args, mode, checkpointing, height, width, cfg, dtype) -> dict:
         vae = build_tiny_vae() if args.small else CVVAEModel()
     vae = vae.to(device=args.device, dtype=dtype).eval().requires_grad_(False)
     scaling = LatentScaling.of(vae)
+    vae = as_video_vae(vae)  # the interface the fine-tuning objective takes
     setup_trainable(unet, mode, LoraSettings())
     if checkpointing:
         unet.enable_gradient_checkpointing()
