@@ -371,23 +371,25 @@ class Upsample(nn.Module):
         super().__init__()
         self.time = time
         self.conv = nn.Conv3d(channels, channels * (2 if time else 1), 3, padding=(0, 1, 1), padding_mode=spatial)
-        self._kernel: tuple | None = None  # (weight's identity, phase kernel)
+        # the phase kernel, kept outside autograd; a buffer, so it moves with the module (offloading), not saved
+        self.register_buffer("kept_kernel", None, persistent=False)
+        self._kept_for = None  # the weight it was made from: (storage, version, dtype, device)
 
     def _phase_kernel(self) -> torch.Tensor:
         w = self.conv.weight
         if torch.is_grad_enabled() and w.requires_grad:
             return phase_kernel(w)
         key = (w.data_ptr(), None if w.is_inference() else w._version, w.dtype, w.device)
-        if self._kernel is None or self._kernel[0] != key:
+        if self.kept_kernel is None or self._kept_for != key:
             with torch.no_grad():
-                self._kernel = (key, phase_kernel(w))
-        return self._kernel[1]
+                self.kept_kernel, self._kept_for = phase_kernel(w), key
+        return self.kept_kernel
 
     def __getstate__(self) -> dict:  # copies (``copy.deepcopy``, ``cvvae.memory.meta_copy``) rebuild the kernel
-        return {**self.__dict__, "_kernel": None}
+        return {**self.__dict__, "_buffers": {**self._buffers, "kept_kernel": None}, "_kept_for": None}
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._kernel = None  # inference tensors have no version counter: a load may keep the storage
+        self._kept_for = None  # inference tensors have no version counter: a load may keep the storage
         super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -69,4 +69,6 @@ def test_copies_do_not_carry_the_kept_kernel():
     up = Upsample(4, time=True)
     with torch.inference_mode():
         up(torch.randn(1, 4, 2, 3, 3))
-    assert up._kernel is not None and copy.deepcopy(up)._kernel is None
+    assert up.kept_kernel is not None and copy.deepcopy(up).kept_kernel is None
+    assert "kept_kernel" not in up.state_dict()
+    assert up.to(torch.float64).kept_kernel.dtype == torch.float64  # a buffer: it follows the module
