@@ -2,6 +2,7 @@
 
     python -m benchmarks.conv_layers --threads 2                 # 33x64x64 clip, full widths
     python -m benchmarks.conv_layers --threads 2 --frames 9 --size 32   # quicker
+    python -m benchmarks.conv_layers --device cuda --dtype bf16 --frames 33 --size 576   # on a GPU
 
 Each row times one layer computed as written (``direct``) and as an alternative, in one process,
 median of ``--repeats`` after a warm-up, with the alternative's error relative to the direct output:
@@ -27,11 +28,13 @@ from cvvae.blocks import phase_kernel, upsampled_conv
 
 
 def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    out = fn()  # warm-up (oneDNN builds its kernels for the shape)
+    out = fn()  # warm-up (oneDNN builds its kernels for the shape, cuDNN picks its algorithms)
     times = []
     for _ in range(repeats):
+        torch.cuda.synchronize() if out.is_cuda else None
         start = time.perf_counter()
         out = fn()
+        torch.cuda.synchronize() if out.is_cuda else None
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
 
@@ -97,7 +100,7 @@ def layers(frames: int, size: int) -> list[tuple[str, tuple, tuple]]:
     ]
 
 
-def compare(name, x, w, b, repeats) -> list[dict]:
+def compare(name, x, w, b, repeats, only=None) -> list[dict]:
     rows = []
     if name == "upsample":
         direct = lambda: nearest_then_conv(x, w, b)  # noqa: E731
@@ -112,10 +115,13 @@ def compare(name, x, w, b, repeats) -> list[dict]:
             ways["frames as batch"] = lambda: frames_as_batch(x, w, b)
         u = winograd_weights(w)
         ways["winograd"] = lambda: winograd_conv(x, u, b)
+    ways = {k: v for k, v in ways.items() if not only or k in only}
+    if not ways:
+        return rows
     base, ref = timed(direct, repeats)
     for way, fn in ways.items():
         sec, out = timed(fn, repeats)
-        err = ((out - ref).abs().max() / ref.abs().max()).item()
+        err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
         rows.append(dict(layer=name, input=list(x.shape), weight=list(w.shape), way=way, direct_s=base, s=sec,
                          speedup=base / sec, max_rel_err=err))  # fmt: skip
     return rows
@@ -127,7 +133,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64, help="frame height and width (multiple of 8)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--ways", nargs="+", default=None, help="only these alternatives (e.g. phases)")
     args = parser.parse_args(argv)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
     if args.threads:
         torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -136,7 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         for name, xs, ws in layers(args.frames, args.size):
             x, w = torch.randn(xs, generator=g), torch.randn(ws, generator=g) / (ws[1] * 27) ** 0.5
-            for r in compare(name, x, w, torch.randn(ws[0], generator=g), args.repeats):
+            b = torch.randn(ws[0], generator=g)
+            x, w, b = (v.to(args.device, dtype) for v in (x, w, b))
+            for r in compare(name, x, w, b, args.repeats, args.ways):
                 shape = "x".join(map(str, r["input"][1:]))
                 print(f"| {r['layer']} | {shape} | {r['way']} | {r['direct_s'] * 1e3:.0f} | {r['s'] * 1e3:.0f} | "
                       f"{r['speedup']:.2f}x | {r['max_rel_err']:.1e} |", flush=True)  # fmt: skip

@@ -42,6 +42,9 @@ if [[ $dry == 0 ]]; then
   # 5. fine-tuning steps at 320x576, bf16 (4, the app through gradio_client, needs gradio's wheels too)
   step finetune-speed 100 $PY -m benchmarks.svd_speed finetune --sizes 320 576 --modes conv_out lora \
     --repeats 2 --out "$OUT/finetune"
+  # 6. does the sub-pixel upsampler pay with cuDNN too (it does on CPU: docs/performance.md)?
+  step conv-layers 40 $PY -m benchmarks.conv_layers --device cuda --dtype bf16 --frames 33 --size 576 \
+    --ways phases channels-last
 else
   export HF_HUB_OFFLINE=1
   step gpu-tests 120 $PY -m pytest -m gpu -q -p no:cacheprovider -o addopts=""
@@ -49,5 +52,6 @@ else
   step svd-speed 300 $PY -m benchmarks.svd_speed generate --device cpu --small --steps 1 --out "$OUT/svd"
   step finetune-speed 300 $PY -m benchmarks.svd_speed finetune --device cpu --small --modes conv_out lora \
     --repeats 1 --out "$OUT/finetune"
+  step conv-layers 120 $PY -m benchmarks.conv_layers --frames 5 --size 16 --repeats 1 --ways phases
 fi
 ! grep -v "rc=0 " "$summary" | grep -q . # exit 1 when a step failed

@@ -88,8 +88,9 @@ def test_gpu_script_dry_run_writes_every_step(tmp_path):
     run = subprocess.run(["bash", "benchmarks/gpu.sh", "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     steps = [line.split()[0] for line in (tmp_path / "summary.txt").read_text().splitlines()]
-    assert steps == ["gpu-tests", "vae-speed", "svd-speed", "finetune-speed"]
+    assert steps == ["gpu-tests", "vae-speed", "svd-speed", "finetune-speed", "conv-layers"]
     assert (tmp_path / "vae" / "vae_speed.json").is_file() and (tmp_path / "svd" / "svd_speed_generate.md").is_file()
+    assert "| upsample |" in (tmp_path / "conv-layers.log").read_text()
 
 
 def fake_release(folder: Path, body: str) -> Path:
