@@ -328,15 +328,14 @@ def _phase_taps(w: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def upsampled_conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mode: str, halves: int = 1, drop: int = 0
+    x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, mode: str, halves: int = 1, drop: int = 0
 ) -> torch.Tensor:
     """``conv3d(nearest x2 in space of x, weight)`` with one pixel of ``mode`` padding in space, computed
     on ``x`` itself: each of the four output phases is a 2x2 conv with summed taps, 16 instead of 36
-    multiplications per input pixel (exact up to float rounding). ``weight`` is ``[O, I, kt, 3, 3]``,
-    or already the phase kernel ``[4 O, I, kt, 2, 2]`` (:func:`phase_kernel`). With ``halves=2`` the
+    multiplications per input pixel (exact up to float rounding). ``kernel`` is the phase kernel
+    ``[4 O, I, kt, 2, 2]`` of the conv's ``[O, I, kt, 3, 3]`` weight (:func:`phase_kernel`). With ``halves=2`` the
     output channels' halves become interleaved frames, frame ``2t + n`` from half ``n``, of which the
     first ``drop`` are left out: ``[B, O / halves, halves T - drop, 2 H, 2 W]``."""
-    kernel = weight if weight.shape[-1] == 2 else phase_kernel(weight)
     b, _, _, h, w = x.shape
     o = kernel.shape[0] // (4 * halves)
     x = F.pad(x, (1, 1, 1, 1, 0, 0), mode="constant" if mode == "zeros" else mode)
