@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import json
 import math
@@ -136,20 +137,61 @@ def parse_case(text: str) -> list[Case]:
     return [Case("encode", f, h, w), Case("decode", f, h, w)]
 
 
-def time_case(model, case, x, device, repeats, warmup=True) -> tuple[float, float, torch.Tensor]:
-    if warmup:
-        run_once(model, case, x)  # warm-up (cuDNN autotuning, allocator)
-    times = []
+def time_once(model, x, case, device) -> tuple[float, float, torch.Tensor]:
+    """One synchronised run: seconds, peak GiB (CUDA; nan on a CPU) and the output (on the host)."""
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        y = run_once(model, case, x)
-        sync(device)
-        times.append(time.perf_counter() - start)
+    sync(device)
+    start = time.perf_counter()
+    y = run_once(model, case, x)
+    sync(device)
+    seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return statistics.median(times), peak, y
+    return seconds, peak, y.cpu()
+
+
+def time_rows(runs: list, case, device, repeats, warmup=True) -> list[tuple[float, float, torch.Tensor, dict] | None]:
+    """Time each run of ``runs`` (functions that build a ``(model, input)`` pair) on ``case``: the median
+    seconds, the largest peak, the last output and the tiling report of each (what the model chose), or
+    None where it ran out of memory.
+
+    On a CPU all pairs are built first and timed round-robin (run ``r`` of each before run ``r + 1`` of any,
+    starting one further each round), so the drift of a noisy machine falls on every row alike. On CUDA,
+    where times are steady and a peak must not count other rows' models, one pair at a time.
+    """
+    results = []
+    if device != "cuda":
+        built = [run() for run in runs]
+        times = [[] for _ in runs]
+        outputs = [None] * len(runs)
+        for r in range(int(warmup) + repeats):
+            for i in [(r + k) % len(runs) for k in range(len(runs))]:
+                sec, _, outputs[i] = time_once(*built[i], case, device)
+                if r >= int(warmup):
+                    times[i].append(sec)
+        reports = [tiling_report(model) for model, _ in built]
+        return [(statistics.median(t), float("nan"), y, r) for t, y, r in zip(times, outputs, reports)]
+    for run in runs:
+        model, x = run()
+        try:
+            timed = [time_once(model, x, case, device) for _ in range(int(warmup) + repeats)][int(warmup) :]
+            seconds, peak = statistics.median(t for t, _, _ in timed), max(p for _, p, _ in timed)
+            results.append((seconds, peak, timed[-1][2], tiling_report(model)))
+        except torch.OutOfMemoryError:
+            results.append(None)
+        del model, x
+        torch.cuda.empty_cache()
+    return results
+
+
+def build_run(source, tiling, name, variant, case, x, flops, device) -> tuple[CVVAEModel, torch.Tensor]:
+    """A copy of ``source`` at ``name``'s dtype with ``tiling`` and ``variant`` applied, and its input; counts
+    the FLOPs of ``(tiling, name)`` into ``flops`` once (the same for every variant: on the eager model)."""
+    model = copy.deepcopy(source).to(device=device, dtype=DTYPES[name])
+    model = model if tiling == "release-code" else set_tiling(model, tiling)
+    if (tiling, name) not in flops:
+        flops[tiling, name] = count_flops(model, case, x.to(DTYPES[name]))
+    return VARIANTS[variant](model), x.to(DTYPES[name])
 
 
 def count_flops(model, case, x) -> float:
@@ -246,40 +288,31 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for case in cases:
         x = make_input(case, args.device)
-        ref, flops = None, {}
+        ref, flops, runs, case_rows = None, {}, [], []
         for tiling, name, variant in itertools.product(args.tiling, args.dtypes, args.variants):
-            if tiling == "release-code":
-                model = copy.deepcopy(release_base).to(device=args.device, dtype=DTYPES[name])
-            else:
-                model = set_tiling(copy.deepcopy(base).to(device=args.device, dtype=DTYPES[name]), tiling)
             row = dict(asdict(case), dtype=name, tiling=tiling, variant=variant)
             if tiling == "release-code":
                 row.update(attention=attention)
-            xd = x.to(DTYPES[name])
-            try:
-                if (tiling, name) not in flops:  # the same for every variant: count on the eager model
-                    flops[tiling, name] = count_flops(model, case, xd)
-                model = VARIANTS[variant](model)
-                sec, peak, y = time_case(model, case, xd, args.device, args.repeats, not args.no_warmup)
-                choice = tiling_report(model)["encode" if case.work == "encode" else "decode"] or {}
-                if "chosen" in choice:  # the default's choice and its memory estimate
-                    row.update(chosen=choice["chosen"], estimate_gib=choice["estimate_gib"], work_x=choice["work"])
-                row.update(
-                    seconds=sec,
-                    fps=case.frames / sec,
-                    peak_gib=peak,
-                    tflop=flops[tiling, name] / 1e12,
-                    tflops_per_s=flops[tiling, name] / 1e12 / sec,
-                )
+            source = release_base if tiling == "release-code" else base
+            runs.append(functools.partial(build_run, source, tiling, name, variant, case, x, flops, args.device))
+            case_rows.append(row)
+        for row, timed in zip(case_rows, time_rows(runs, case, args.device, args.repeats, not args.no_warmup)):
+            if timed is None:
+                row.update(error="out of memory")
+            else:
+                sec, peak, y, report = timed
+                report = report["encode" if case.work == "encode" else "decode"] or {}
+                if "chosen" in report:  # the default's choice and its memory estimate
+                    row.update(chosen=report["chosen"], estimate_gib=report["estimate_gib"], work_x=report["work"])
+                tflop = flops[row["tiling"], row["dtype"]] / 1e12
+                row.update(seconds=sec, fps=case.frames / sec, peak_gib=peak, tflop=tflop, tflops_per_s=tflop / sec)
                 if not args.no_reference and case.frames <= 97:
                     if ref is None:
                         fp32 = copy.deepcopy(base).to(device=args.device)
                         fp32.disable_tiling()
                         ref = run_once(fp32, case, x.float()).cpu()
-                    row.update(errors(y.cpu(), ref))
-            except torch.OutOfMemoryError:
-                row.update(error="out of memory")
-                torch.cuda.empty_cache()
+                        del fp32
+                    row.update(errors(y, ref))
             rows.append(row)
             print(json.dumps(row), flush=True)
     write_reports(rows, args)
@@ -314,7 +347,8 @@ def write_reports(rows: list[dict], args) -> None:
     release = {(r["work"], r["frames"], r["height"], r["width"], r["dtype"]): r.get("seconds") for r in rows
                if r["tiling"] == baseline}  # fmt: skip
     lines = [
-        f"Device: {device}, torch {torch.__version__}, median of {args.repeats} runs after warm-up.",
+        f"Device: {device}, torch {torch.__version__}, median of {args.repeats} runs after warm-up, "
+        "rows of a clip timed round-robin.",
         "",
         "| " + " | ".join(columns) + " |",
         "|" + " --- |" * len(columns),

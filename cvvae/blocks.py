@@ -152,6 +152,23 @@ def _repeat_first_frame(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([x[:, :, :1].expand(-1, -1, n, -1, -1), x], dim=2)
 
 
+def causal_buffer(x: torch.Tensor, n: int, right: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """An empty ``[B, C, T + n, H + right, W + right]`` for ``x``, its ``right`` last rows and columns zero,
+    and the view of it where ``x``'s frames go; write them there, then :func:`fill_front` (one pass, no cat)."""
+    b, c, t, h, w = x.shape
+    buf = x.new_empty(b, c, t + n, h + right, w + right)
+    if right:
+        buf[..., h:, :].zero_()
+        buf[..., :h, w:].zero_()
+    return buf, buf[:, :, n:, :h, :w]
+
+
+def fill_front(buf: torch.Tensor, n: int) -> torch.Tensor:
+    """Copy frame ``n`` of a :func:`causal_buffer` into its ``n`` frames in front; returns ``buf``."""
+    buf[:, :, :n] = buf[:, :, n : n + 1]
+    return buf
+
+
 class CausalHistory:
     """The frames a causal layer needs from earlier temporal windows, so windows stream exactly.
 
@@ -197,6 +214,20 @@ class CausalConv3d(nn.Conv3d):
         if self.replicate:
             x = F.pad(x, (self.replicate,) * 4 + (0, 0), mode="replicate")
         return super().forward(x)
+
+    def after_silu(self, x: torch.Tensor) -> torch.Tensor:
+        """``self(silu(x))`` for a norm's output ``x``; outside autograd (and when not streaming) the SiLU
+        writes straight into the causally padded input, so no padded copy is made."""
+        if torch.is_grad_enabled() or self.history or self.replicate or not self.time_pad:
+            return self(silu_fresh(x))
+        buf, body = causal_buffer(x, self.time_pad)
+        torch.ops.aten.silu.out(x, out=body)
+        return super().forward(fill_front(buf, self.time_pad))
+
+
+def conv_after_silu(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(silu(x))`` for a norm's output ``x`` that nothing else holds."""
+    return conv.after_silu(x) if isinstance(conv, CausalConv3d) else conv(silu_fresh(x))
 
 
 class PlainConv3d(nn.Conv3d):
@@ -281,9 +312,11 @@ class ResBlock(nn.Module):
         return getattr(self, self.shortcut_name)(x) if self.shortcut_name else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(silu_fresh(self.norm1(x)))
+        h = conv_after_silu(self.conv1, self.norm1(x))
         h = self.conv2(self.dropout(silu_fresh(self.norm2(h))))
-        return self._shortcut(x) + h
+        if torch.is_grad_enabled():
+            return self._shortcut(x) + h
+        return h.add_(self._shortcut(x))  # into the conv's fresh output: no new activation
 
     def steps(self) -> list:
         """``forward`` as steps on a box's state ``{"h": ..., "skip": ...}``, paused at each GroupNorm
@@ -313,9 +346,12 @@ class Downsample(nn.Module):
         self.conv = nn.Conv3d(channels, channels, 3, stride=(2 if time else 1, 2, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stride = self.conv.stride[0]
-        x = self.history.pad(self, x, 2, stride) if self.history else _repeat_first_frame(x, 2)
-        x = F.pad(x, (0, 1, 0, 1))  # one zero column right, one zero row at the bottom
+        if self.history:
+            x = F.pad(self.history.pad(self, x, 2, self.conv.stride[0]), (0, 1, 0, 1))
+        else:  # frame 0 twice in front, one zero column right and one zero row at the bottom, in one copy
+            buf, body = causal_buffer(x, 2, right=1)
+            body.copy_(x)
+            x = fill_front(buf, 2)
         return self.conv(x)
 
 

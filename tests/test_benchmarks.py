@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import svd_speed, vae_speed
 
@@ -33,6 +34,47 @@ def test_finetune_benchmark_counts_trainable_parameters_per_mode(tmp_path):
     assert conv_out["trainable"] == 32 * 4 * 9 + 4  # tiny UNet's conv_out: 32 -> 4 channels, 3x3
     assert lora["trainable"] > conv_out["trainable"]
     assert all(r["s_per_step"] > 0 and r["loss"] == r["loss"] for r in rows)
+
+
+def test_vae_speed_times_rows_round_robin_on_a_cpu(monkeypatch):
+    """Run r of every row before run r + 1 of any, one row further each round: drift falls on all rows alike."""
+    calls = []
+
+    def fake_time_once(model, x, case, device):
+        calls.append(model)
+        return 1.0 + len(calls), float("nan"), x
+
+    monkeypatch.setattr(vae_speed, "time_once", fake_time_once)
+    monkeypatch.setattr(vae_speed, "tiling_report", lambda model: {"model": model})
+    built = []
+    runs = [lambda name=name: built.append(name) or (name, name) for name in "abc"]
+    results = vae_speed.time_rows(runs, None, "cpu", repeats=2, warmup=True)
+    assert built == ["a", "b", "c"]  # every model built before any timing
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # warm-up round, then two timed rounds
+    assert [r[0] for r in results] == [(7 + 9) / 2, (5 + 10) / 2, (6 + 8) / 2]  # medians of the timed rounds
+    assert [r[2] for r in results] == ["a", "b", "c"] and results[1][3] == {"model": "b"}
+
+
+def test_vae_speed_times_rows_one_at_a_time_on_cuda(monkeypatch):
+    """On CUDA each model is built, timed and dropped before the next (peaks count no other row); OOM -> None."""
+    events = []
+
+    def fake_time_once(model, x, case, device):
+        events.append(("run", model))
+        if model == "big":
+            raise torch.OutOfMemoryError("out of memory")
+        return 1.0, 2.0, x
+
+    monkeypatch.setattr(vae_speed, "time_once", fake_time_once)
+    monkeypatch.setattr(vae_speed, "tiling_report", lambda model: {})
+    runs = [lambda name=name: events.append(("build", name)) or (name, name) for name in ("a", "big", "c")]
+    results = vae_speed.time_rows(runs, None, "cuda", repeats=1, warmup=True)
+    assert events == [("build", "a"), ("run", "a"), ("run", "a"), ("build", "big"), ("run", "big")] + [
+        ("build", "c"),
+        ("run", "c"),
+        ("run", "c"),
+    ]
+    assert results == [(1.0, 2.0, "a", {}), None, (1.0, 2.0, "c", {})]
 
 
 @slow

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvvae.blocks import Upsample, phase_kernel, upsampled_conv
+from cvvae.blocks import CausalConv3d, CausalHistory, Downsample, ResBlock, Upsample, phase_kernel, upsampled_conv
 
 
 def nearest_then_conv(x, weight, bias, mode):
@@ -73,3 +73,45 @@ def test_copies_do_not_carry_the_kept_kernel():
     assert up.kept_kernel is not None and copy.deepcopy(up).kept_kernel is None
     assert "kept_kernel" not in up.state_dict()
     assert up.to(torch.float64).kept_kernel.dtype == torch.float64  # a buffer: it follows the module
+
+
+def causal_then_conv(x, conv):
+    """A causal conv as the release writes it: frame 0 repeated twice in front (a copy), then the conv."""
+    return conv(torch.cat([x[:, :, :1], x[:, :, :1], x], dim=2))
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_silu_written_into_the_causal_padding_equals_silu_then_pad(grad):
+    torch.manual_seed(0)
+    conv = CausalConv3d(6, 5, 3).double()
+    x = torch.randn(2, 6, 5, 4, 7, dtype=torch.float64)
+    plain = torch.nn.Conv3d(6, 5, 3, padding=(0, 1, 1)).double()
+    plain.load_state_dict(conv.state_dict())
+    with torch.set_grad_enabled(grad):
+        ours = conv.after_silu(x.clone())
+    torch.testing.assert_close(ours, causal_then_conv(F.silu(x), plain), rtol=0, atol=1e-12)
+    conv.history = CausalHistory()  # streaming window by window: the history pads, the result is the same
+    with torch.no_grad():
+        torch.testing.assert_close(conv.after_silu(x.clone()), ours, rtol=0, atol=1e-12)
+
+
+def test_downsample_pads_in_one_copy_like_the_release():
+    torch.manual_seed(0)
+    down = Downsample(4, time=True).double()
+    x = torch.randn(1, 4, 5, 6, 8, dtype=torch.float64)
+    release = down.conv(F.pad(torch.cat([x[:, :, :1], x[:, :, :1], x], dim=2), (0, 1, 0, 1)))
+    with torch.no_grad():
+        torch.testing.assert_close(down(x), release, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cout", [6, 8])  # identity shortcut, 1x1 shortcut
+def test_resblock_in_place_inference_equals_its_autograd_form(cout):
+    torch.manual_seed(0)
+    block = ResBlock(6, cout, "causal", "frame", groups=2, dropout=0.0).double().eval()
+    x = torch.randn(1, 6, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+    trained = block(x)
+    trained.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with torch.inference_mode():
+        inferred = block(x.detach())
+    torch.testing.assert_close(inferred, trained.detach(), rtol=0, atol=1e-12)
