@@ -57,7 +57,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", default=None, help="cuda, cuda:1, cpu ... (default: cuda if available, else cpu)")
     g.add_argument(
-        "--dtype", choices=("fp32", "fp16", "bf16"), default=None, help="default: fp16 on cuda, fp32 on cpu"
+        "--dtype",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
+        help="default: fp16 on cuda, fp32 on cpu (bf16 is about 2x faster on CPUs with AVX512-BF16 or AMX)",
     )
     g.add_argument(
         "--allow-pickle",
