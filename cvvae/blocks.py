@@ -206,7 +206,9 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(cin, cout, kernel_size, stride=stride, padding=(0, p, p) if zeros else 0)
         self.time_pad, self.replicate = kernel_size - 1, 0 if zeros else p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padded: bool = False) -> torch.Tensor:
+        if padded:  # already padded in time by :meth:`after_silu`
+            return super().forward(x)
         if self.time_pad:
             stride = self.stride[0]
             pad = self.history.pad if self.history else lambda _layer, x, n, _stride: _repeat_first_frame(x, n)
@@ -222,7 +224,7 @@ class CausalConv3d(nn.Conv3d):
             return self(silu_fresh(x))
         buf, body = causal_buffer(x, self.time_pad)
         torch.ops.aten.silu.out(x, out=body)
-        return super().forward(fill_front(buf, self.time_pad))
+        return self(fill_front(buf, self.time_pad), padded=True)  # through __call__: module hooks still run
 
 
 def conv_after_silu(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:

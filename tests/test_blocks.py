@@ -87,8 +87,11 @@ def test_silu_written_into_the_causal_padding_equals_silu_then_pad(grad):
     x = torch.randn(2, 6, 5, 4, 7, dtype=torch.float64)
     plain = torch.nn.Conv3d(6, 5, 3, padding=(0, 1, 1)).double()
     plain.load_state_dict(conv.state_dict())
+    calls = []
+    conv.register_forward_hook(lambda *_: calls.append(1))  # hooks (profilers, offloading) still see the call
     with torch.set_grad_enabled(grad):
         ours = conv.after_silu(x.clone())
+    assert calls == [1]
     torch.testing.assert_close(ours, causal_then_conv(F.silu(x), plain), rtol=0, atol=1e-12)
     conv.history = CausalHistory()  # streaming window by window: the history pads, the result is the same
     with torch.no_grad():
