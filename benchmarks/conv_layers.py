@@ -4,8 +4,10 @@
     python -m benchmarks.conv_layers --threads 2 --frames 9 --size 32   # quicker
     python -m benchmarks.conv_layers --device cuda --dtype bf16 --frames 33 --size 576   # on a GPU
 
-Each row times one layer computed as written (``direct``) and as an alternative, in one process,
-median of ``--repeats`` after a warm-up, with the alternative's error relative to the direct output:
+First it prints the device's rate on a 4096x4096 matrix product (the practical peak to read the rest
+against); then each row times one layer computed as written (``direct``, with its GFLOP/s) and as an
+alternative, in one process, median of ``--repeats`` after a warm-up, with the alternative's error
+relative to the direct output:
 
 - ``upsample, phases``: the decoder's upsampler as 2x2 phase kernels on the low-resolution frames
   (what ``cvvae.blocks.Upsample`` does) against nearest x2 then the 3x3x3 conv (the release);
@@ -37,6 +39,19 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
         torch.cuda.synchronize() if out.is_cuda else None
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
+
+
+def matmul_rate(device: str, dtype: torch.dtype, repeats: int, n: int = 4096) -> float:
+    """GFLOP/s of an ``n x n`` matrix product on ``device`` in ``dtype``."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
+    sec, _ = timed(lambda: a @ b, repeats)
+    return 2 * n**3 / sec / 1e9
+
+
+def conv_gflop(out: torch.Tensor, w: torch.Tensor) -> float:
+    """Multiply-adds x 2 of a conv with weight ``[O, I, kt, kh, kw]`` producing ``out``, in GFLOP."""
+    return 2 * out.numel() * w[0].numel() / 1e9
 
 
 def nearest_then_conv(x, w, b):
@@ -123,7 +138,7 @@ def compare(name, x, w, b, repeats, only=None) -> list[dict]:
         sec, out = timed(fn, repeats)
         err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
         rows.append(dict(layer=name, input=list(x.shape), weight=list(w.shape), way=way, direct_s=base, s=sec,
-                         speedup=base / sec, max_rel_err=err))  # fmt: skip
+                         direct_gflops=conv_gflop(ref, w) / base, speedup=base / sec, max_rel_err=err))  # fmt: skip
     return rows
 
 
@@ -143,17 +158,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    print("| layer | input | way | direct ms | ms | speed-up | max rel. error |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
     with torch.inference_mode():
+        rate = matmul_rate(args.device, dtype, args.repeats)
+        print(f"{args.dtype} 4096x4096 matrix product: {rate:.0f} GFLOP/s\n")
+        print("| layer | input | way | direct ms | direct GFLOP/s | ms | speed-up | max rel. error |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for name, xs, ws in layers(args.frames, args.size):
             x, w = torch.randn(xs, generator=g), torch.randn(ws, generator=g) / (ws[1] * 27) ** 0.5
             b = torch.randn(ws[0], generator=g)
             x, w, b = (v.to(args.device, dtype) for v in (x, w, b))
             for r in compare(name, x, w, b, args.repeats, args.ways):
                 shape = "x".join(map(str, r["input"][1:]))
-                print(f"| {r['layer']} | {shape} | {r['way']} | {r['direct_s'] * 1e3:.0f} | {r['s'] * 1e3:.0f} | "
-                      f"{r['speedup']:.2f}x | {r['max_rel_err']:.1e} |", flush=True)  # fmt: skip
+                direct = f"{r['direct_s'] * 1e3:.0f} | {r['direct_gflops']:.0f}"
+                print(f"| {r['layer']} | {shape} | {r['way']} | {direct} | {r['s'] * 1e3:.0f} | {r['speedup']:.2f}x | "
+                      f"{r['max_rel_err']:.1e} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -193,3 +193,16 @@ def test_vae_speed_times_the_released_code_next_to_ours(tmp_path):
     assert "relative to the `release-code` row" in report
     baselines = [line for line in report.splitlines() if "| release-code |" in line]
     assert len(baselines) == 2 and all(" | 1.00x | " in line for line in baselines)  # each its own baseline
+
+
+def test_conv_layers_prints_the_machine_rate_and_each_layer_against_its_direct_form(capsys):
+    from benchmarks import conv_layers
+
+    w = torch.zeros(6, 5, 3, 3, 3)
+    assert conv_layers.conv_gflop(torch.zeros(1, 6, 2, 4, 4), w) == 2 * (6 * 2 * 4 * 4) * (5 * 27) / 1e9
+    conv_layers.main(["--frames", "5", "--size", "16", "--repeats", "1", "--ways", "phases", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("fp32 4096x4096 matrix product: ") and " GFLOP/s" in out.splitlines()[0]
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| upsample")]
+    assert len(rows) == 3 and all(row[2] == "phases" for row in rows)  # the three upsamplers
+    assert all(float(row[-1].rstrip(" |")) < 1e-5 for row in rows)  # phases equal the direct form
