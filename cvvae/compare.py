@@ -229,17 +229,19 @@ class ResultStore:
 
 
 def _rss() -> int | None:
-    """Resident memory of this process in bytes (Linux ``/proc``), or None where it cannot be read."""
+    """Anonymous resident memory of this process in bytes (Linux ``/proc``: resident minus file-backed and
+    shared pages, which the kernel may drop at any time), or None where it cannot be read."""
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            resident, shared = (int(v) for v in f.read().split()[1:3])
+            return (resident - shared) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
 
 
 class PeakMemory:
     """Peak memory above the level at entry, in MiB: ``torch.cuda.max_memory_allocated`` on CUDA, else the
-    process's resident memory sampled every 2 ms (``kind`` says which; ``mib`` is None if unmeasurable)."""
+    process's anonymous resident memory sampled every 2 ms (``kind`` says which; ``mib`` is None if unmeasurable)."""
 
     def __init__(self, device: torch.device):
         self.device, self.mib = torch.device(device), None
