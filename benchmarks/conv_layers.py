@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from cvvae.blocks import phase_kernel, upsampled_conv
+from cvvae.devices import DTYPES
 
 
 def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
@@ -149,10 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--ways", nargs="+", default=None, help="only these alternatives (e.g. phases)")
     args = parser.parse_args(argv)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     if args.threads:

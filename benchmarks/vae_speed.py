@@ -45,9 +45,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import release_code
 from cvvae import CVVAEModel
+from cvvae.devices import DTYPES
 from cvvae.tiling import tiling_report
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -159,7 +158,6 @@ def time_rows(runs: list, case, device, repeats, warmup=True) -> list[tuple[floa
     starting one further each round), so the drift of a noisy machine falls on every row alike. On CUDA,
     where times are steady and a peak must not count other rows' models, one pair at a time.
     """
-    results = []
     if device != "cuda":
         built = [run() for run in runs]
         times = [[] for _ in runs]
@@ -171,9 +169,11 @@ def time_rows(runs: list, case, device, repeats, warmup=True) -> list[tuple[floa
                     times[i].append(sec)
         reports = [tiling_report(model) for model, _ in built]
         return [(statistics.median(t), float("nan"), y, r) for t, y, r in zip(times, outputs, reports)]
+    results = []
     for run in runs:
-        model, x = run()
+        model = x = None
         try:
+            model, x = run()  # building counts FLOPs, which may run out of memory too
             timed = [time_once(model, x, case, device) for _ in range(int(warmup) + repeats)][int(warmup) :]
             seconds, peak = statistics.median(t for t, _, _ in timed), max(p for _, p, _ in timed)
             results.append((seconds, peak, timed[-1][2], tiling_report(model)))

@@ -206,3 +206,14 @@ def test_conv_layers_prints_the_machine_rate_and_each_layer_against_its_direct_f
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| upsample")]
     assert len(rows) == 3 and all(row[2] == "phases" for row in rows)  # the three upsamplers
     assert all(float(row[-1].rstrip(" |")) < 1e-5 for row in rows)  # phases equal the direct form
+
+
+def test_vae_speed_a_row_that_runs_out_of_memory_while_built_is_reported_alone(monkeypatch):
+    monkeypatch.setattr(vae_speed, "time_once", lambda model, x, case, device: (1.0, 2.0, x))
+    monkeypatch.setattr(vae_speed, "tiling_report", lambda model: {})
+
+    def too_big():  # the FLOP count while building runs out of memory
+        raise torch.OutOfMemoryError("out of memory")
+
+    results = vae_speed.time_rows([too_big, lambda: ("a", "a")], None, "cuda", repeats=1, warmup=False)
+    assert results == [None, (1.0, 2.0, "a", {})]
