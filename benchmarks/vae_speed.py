@@ -5,9 +5,12 @@ depend on their values).
     python -m benchmarks.vae_speed --device cpu --small --repeats 1    # smoke test anywhere (seconds, fp32)
     python -m benchmarks.vae_speed --device cpu --release-repo CV-VAE  # side by side with the release, CPU
 
-On a CPU (without ``--small`` or ``--cases``) it measures 33 frames at 64x64, full widths, fp32, against the
-released code itself (``--release-repo``, a clone of AILab-CVC/CV-VAE), or without one against our rewrite of
-its algorithm (``release``), next to ours by default, whole and tiled (``--tiling`` to choose).
+On a CPU (without ``--small`` or ``--cases``) it measures 33 frames at 64x64, full widths, in fp32 and, where the
+CPU has bf16 instructions, in bf16 (our commands' default there), against the released code itself
+(``--release-repo``, a clone of AILab-CVC/CV-VAE), or without one against our rewrite of its algorithm
+(``release``), next to ours by default, whole and tiled (``--tiling`` to choose). ``x release`` compares rows of
+one precision, ``x release default`` every row with the release at its own precision (fp32 on a CPU, fp16 on
+CUDA): the "ours, default" against "release, default" figure.
 
 ``--tiling``: ``default`` is the model's own default (whole clip when it fits, else the cheapest tiling
 that fits; the row records the choice and its memory estimate), ``off`` the whole clip, ``exact`` /
@@ -45,8 +48,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import release_code
 from cvvae import CVVAEModel
-from cvvae.devices import DTYPES
+from cvvae.devices import DTYPES, default_dtype, default_vae_dtype
 from cvvae.tiling import tiling_report
+
+NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 @dataclass
@@ -200,6 +205,15 @@ def count_flops(model, case, x) -> float:
     return counter.get_total_flops()
 
 
+def default_dtypes(device: str, small: bool) -> list[str]:
+    """CUDA: both half precisions. CPU: fp32 (the release's precision there), and bf16 where it is our commands'
+    default (:func:`cvvae.devices.default_vae_dtype`), so that "ours, default" is timed as a user runs it."""
+    if device == "cuda":
+        return ["bf16", "fp16"]
+    ours = NAMES[default_vae_dtype(device)]
+    return ["fp32"] if small or ours == "fp32" else ["fp32", ours]
+
+
 def errors(fast: torch.Tensor, ref: torch.Tensor) -> dict:
     diff = (fast.float() - ref.float()).abs()
     mse = diff.square().mean().item()
@@ -215,7 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--dtypes", nargs="+", default=None, choices=list(DTYPES), help="default: bf16 fp16 on CUDA, fp32 on a CPU"
+        "--dtypes",
+        nargs="+",
+        default=None,
+        choices=list(DTYPES),
+        help="default: bf16 fp16 on CUDA; on a CPU fp32, and bf16 (our commands' default there) where the CPU has "
+        "bf16 instructions",
     )
     parser.add_argument(
         "--tiling",
@@ -268,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     elif args.release_repo is not None and release_code.check_repo(args.release_repo):
         parser.error(f"--release-repo: {release_code.check_repo(args.release_repo)}")
-    args.dtypes = args.dtypes or (["bf16", "fp16"] if args.device == "cuda" else ["fp32"])
+    args.dtypes = args.dtypes or default_dtypes(args.device, args.small)
     if args.threads:
         torch.set_num_threads(args.threads)
     diffusers_logging.set_verbosity_error()  # no dtype-cast notices between rows
@@ -336,6 +355,7 @@ def write_reports(rows: list[dict], args) -> None:
         "frames/s",
         "peak GiB",
         "x release",
+        "x release default",
         "TFLOP",
         "GFLOP/s",
         "max err",
@@ -343,6 +363,7 @@ def write_reports(rows: list[dict], args) -> None:
         "PSNR vs fp32",
         "chosen (est. GiB)",
     ]
+    release_dtype = NAMES[default_dtype(getattr(args, "device", "cpu"))]  # fp16 on CUDA, fp32 on a CPU
     baseline = "release-code" if any(r["tiling"] == "release-code" and "seconds" in r for r in rows) else "release"
     release = {(r["work"], r["frames"], r["height"], r["width"], r["dtype"]): r.get("seconds") for r in rows
                if r["tiling"] == baseline}  # fmt: skip
@@ -356,14 +377,16 @@ def write_reports(rows: list[dict], args) -> None:
     for r in rows:
         cells = [r["work"], r["frames"], f"{r['height']}x{r['width']}", r["dtype"], r["tiling"], r["variant"]]
         if "error" in r:
-            cells += [r["error"]] + [""] * 10
+            cells += [r["error"]] + [""] * 11
         else:
             rel = release.get((r["work"], r["frames"], r["height"], r["width"], r["dtype"]))
+            rel_default = release.get((r["work"], r["frames"], r["height"], r["width"], release_dtype))
             cells += [
                 f"{r['seconds']:.2f}",
                 f"{r['fps']:.1f}",
                 f"{r['peak_gib']:.2f}",
                 f"{r['seconds'] / rel:.2f}x" if rel else "",
+                f"{r['seconds'] / rel_default:.2f}x" if rel_default else "",
                 f"{r['tflop']:.2f}",
                 f"{r['tflops_per_s'] * 1000:.0f}",
                 f"{r.get('max_abs_err', float('nan')):.3g}",
@@ -373,7 +396,11 @@ def write_reports(rows: list[dict], args) -> None:
             ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     if any(release.values()):
-        lines += ["", f"x release: time relative to the `{baseline}` row of the same clip and dtype."]
+        lines += [
+            "",
+            f"x release: time relative to the `{baseline}` row of the same clip and dtype; x release default: "
+            f"relative to it at the release's own precision here ({release_dtype}).",
+        ]
     if getattr(args, "attention", None):
         lines.append(
             f"release-code: the released implementation from {args.release_repo}, attention: {args.attention}."

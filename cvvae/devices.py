@@ -1,4 +1,5 @@
-"""Device and precision defaults: one place for "cuda if available" and "fp16 on CUDA, fp32 elsewhere"."""
+"""Device and precision defaults: one place for "cuda if available", "fp16 on CUDA, fp32 elsewhere" and the
+VAE commands' "bf16 on a CPU that multiplies bf16 in hardware"."""
 
 from __future__ import annotations
 
@@ -33,10 +34,27 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
-    """``fp32``/``fp16``/``bf16`` or a torch dtype; ``None`` means :func:`default_dtype`."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX: AMD Zen 4 and later, Intel Xeon from
+    Sapphire Rapids), where oneDNN runs bf16 convolutions at about twice the fp32 rate."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private API)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def default_vae_dtype(device: str | torch.device) -> torch.dtype:
+    """The VAE commands' default (reconstruct, encode, decode, the app's Reconstruct tab): fp16 on CUDA; bf16 on a
+    CPU with bf16 instructions (:func:`cpu_has_bf16`: about 2x faster than fp32 there, at about 50 dB to the
+    fp32 output, far closer than the released model's own chunking); fp32 elsewhere."""
+    device = torch.device(device)
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return default_dtype(device)
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device, default=default_dtype) -> torch.dtype:
+    """``fp32``/``fp16``/``bf16`` or a torch dtype; ``None`` means ``default(device)`` (:func:`default_dtype`)."""
     if name is None:
-        return default_dtype(device)
+        return default(device)
     if isinstance(name, torch.dtype):
         return name
     if name not in DTYPES:

@@ -334,14 +334,30 @@ class VAESpec:
 
     load: Callable[..., VideoVAE]
     description: str
+    cpu_bf16: bool = False  # tested in bf16 on a CPU, so the VAE commands default to it there (CV-VAEs)
 
 
 VAE_SPECS: dict[str, VAESpec] = {}
 
 
-def register_vae(name: str, load: Callable[..., VideoVAE], description: str = "") -> None:
-    """Make ``name`` a VAE spec everywhere (``compare --vae``, the API): ``load(device=..., dtype=...)``."""
-    VAE_SPECS[name] = VAESpec(load, description)
+def register_vae(name: str, load: Callable[..., VideoVAE], description: str = "", cpu_bf16: bool = False) -> None:
+    """Make ``name`` a VAE spec everywhere (``compare --vae``, the API): ``load(device=..., dtype=...)``;
+    ``cpu_bf16``: its operations run in bf16 on a CPU (then the VAE commands default to bf16 where the CPU has
+    bf16 instructions, see :func:`default_dtype_for`)."""
+    VAE_SPECS[name] = VAESpec(load, description, cpu_bf16)
+
+
+def default_dtype_for(spec: str, device) -> torch.dtype:
+    """The VAE commands' precision for ``spec`` when none is asked: a CV-VAE (a ``cpu_bf16`` name, a folder or a
+    hub id) at :func:`cvvae.devices.default_vae_dtype` (bf16 on a CPU with bf16 instructions), any other VAE at
+    :func:`cvvae.devices.default_dtype` (fp16 on CUDA, fp32 on a CPU: its operations may have no bf16 kernels
+    there)."""
+    from .devices import default_dtype, default_vae_dtype
+
+    spec = str(spec).strip()
+    registered = VAE_SPECS.get(spec)
+    cvvae = registered.cpu_bf16 if registered else not spec.partition(":")[0].startswith("Autoencoder")
+    return default_vae_dtype(device) if cvvae else default_dtype(device)
 
 
 def as_video_vae(vae, name: str | None = None) -> VideoVAE:
@@ -412,18 +428,24 @@ def _builtin_specs() -> None:
     from .hub import CVVAE_HUB_ID, SD3_SUBFOLDER
 
     sd21, svd = "stabilityai/stable-diffusion-2-1-base", "stabilityai/stable-video-diffusion-img2vid-xt"
-    for name, load, text in (
-        ("cvvae", _cvvae(CVVAE_HUB_ID, "vae3d_v1-1", image_vae="sd21-vae"), "CV-VAE v1.1 (SD 2.1 / SVD latents)"),
-        ("cvvae-v1", _cvvae(CVVAE_HUB_ID, "vae3d", image_vae="sd21-vae"), "CV-VAE v1 (the first release)"),
-        ("cvvae-sd3", _cvvae(CVVAE_HUB_ID, SD3_SUBFOLDER, "sd3"), "CV-VAE for SD3 (16 latent channels)"),
-        ("nano", _cvvae("nano", image_vae="nano-2d"), "nano CV-VAE trained on a CPU, shipped with the project"),
-        ("nano-2d", _nano_2d, "the nano CV-VAE's 2-D image VAE, frame by frame"),
-        ("tiny", _cvvae("tiny"), "tiny CV-VAE with RANDOM weights (mechanics only)"),
-        ("tiny-sd3", _cvvae("tiny", variant="sd3"), "tiny CV-VAE-SD3 with RANDOM weights (mechanics only)"),
-        ("sd21-vae", _diffusers("AutoencoderKL", sd21, "vae", "sd21-vae"), "SD 2.1's image VAE, frame by frame"),
-        ("svd-temporal", _diffusers("AutoencoderKLTemporalDecoder", svd, "vae", "svd-temporal"), "SVD's VAE"),
+    cv = True  # a CV-VAE: bf16 by default on CPUs with bf16 instructions
+    for name, load, text, cpu_bf16 in (
+        ("cvvae", _cvvae(CVVAE_HUB_ID, "vae3d_v1-1", image_vae="sd21-vae"), "CV-VAE v1.1 (SD 2.1 / SVD latents)", cv),
+        ("cvvae-v1", _cvvae(CVVAE_HUB_ID, "vae3d", image_vae="sd21-vae"), "CV-VAE v1 (the first release)", cv),
+        ("cvvae-sd3", _cvvae(CVVAE_HUB_ID, SD3_SUBFOLDER, "sd3"), "CV-VAE for SD3 (16 latent channels)", cv),
+        ("nano", _cvvae("nano", image_vae="nano-2d"), "nano CV-VAE trained on a CPU, shipped with the project", cv),
+        ("nano-2d", _nano_2d, "the nano CV-VAE's 2-D image VAE, frame by frame", False),
+        ("tiny", _cvvae("tiny"), "tiny CV-VAE with RANDOM weights (mechanics only)", cv),
+        ("tiny-sd3", _cvvae("tiny", variant="sd3"), "tiny CV-VAE-SD3 with RANDOM weights (mechanics only)", cv),
+        (
+            "sd21-vae",
+            _diffusers("AutoencoderKL", sd21, "vae", "sd21-vae"),
+            "SD 2.1's image VAE, frame by frame",
+            False,
+        ),
+        ("svd-temporal", _diffusers("AutoencoderKLTemporalDecoder", svd, "vae", "svd-temporal"), "SVD's VAE", False),
     ):
-        register_vae(name, load, text)
+        register_vae(name, load, text, cpu_bf16)
 
 
 _builtin_specs()

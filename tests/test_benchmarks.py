@@ -1,6 +1,7 @@
 """The GPU benchmarks run end to end on CPU with tiny components (their --small smoke mode); their bad
 inputs stop before any work."""
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from benchmarks import svd_speed, vae_speed
+from cvvae import devices
 
 slow = pytest.mark.slow
 
@@ -176,7 +178,7 @@ def test_vae_speed_times_the_released_code_next_to_ours(tmp_path):
     if not repo or not (Path(repo) / "models" / "modeling_vae.py").is_file():
         pytest.skip("set CVVAE_RELEASE_REPO to a clone of https://github.com/AILab-CVC/CV-VAE")
     argv = ["--device", "cpu", "--cases", "9x16x16", "--repeats", "1", "--no-warmup", "--release-repo", repo]
-    vae_speed.main(argv + ["--tiling", "release-code", "off", "--out", str(tmp_path)])
+    vae_speed.main(argv + ["--tiling", "release-code", "off", "--dtypes", "fp32", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "vae_speed.json").read_text())["rows"]
     assert [(r["work"], r["tiling"]) for r in rows] == [
         ("encode", "release-code"),
@@ -193,6 +195,25 @@ def test_vae_speed_times_the_released_code_next_to_ours(tmp_path):
     assert "relative to the `release-code` row" in report
     baselines = [line for line in report.splitlines() if "| release-code |" in line]
     assert len(baselines) == 2 and all(" | 1.00x | " in line for line in baselines)  # each its own baseline
+
+
+@pytest.mark.parametrize("has_bf16, cpu", [(True, ["fp32", "bf16"]), (False, ["fp32"])])
+def test_vae_speed_times_our_default_precision_next_to_the_release_one(monkeypatch, has_bf16, cpu):
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: has_bf16)
+    assert vae_speed.default_dtypes("cpu", small=False) == cpu  # fp32 is the release's precision on a CPU
+    assert vae_speed.default_dtypes("cpu", small=True) == ["fp32"]
+    assert vae_speed.default_dtypes("cuda", small=False) == ["bf16", "fp16"]
+
+
+def test_vae_speed_relates_each_row_to_the_release_at_its_own_precision(tmp_path):
+    def row(tiling, dtype, seconds):
+        return dict(work="encode", frames=9, height=16, width=16, dtype=dtype, tiling=tiling, variant="eager",
+                    seconds=seconds, fps=9 / seconds, peak_gib=0.0, tflop=1.0, tflops_per_s=1 / seconds)  # fmt: skip
+
+    rows = [row("release-code", "fp32", 4.0), row("release-code", "bf16", 2.5), row("default", "bf16", 2.0)]
+    vae_speed.write_reports(rows, argparse.Namespace(out=tmp_path, repeats=1, small=False, device="cpu"))
+    ours = next(line for line in (tmp_path / "vae_speed.md").read_text().splitlines() if "| default |" in line)
+    assert " | 0.80x | 0.50x | " in ours  # against the release in bf16, and in fp32 (its precision on a CPU)
 
 
 def test_conv_layers_prints_the_machine_rate_and_each_layer_against_its_direct_form(capsys):

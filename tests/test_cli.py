@@ -14,8 +14,9 @@ import pytest
 import torch
 from conftest import CLIP, REPO
 
-from cvvae import cli
+from cvvae import cli, devices
 from cvvae.api import load_latents, reconstruct
+from cvvae.devices import DTYPES, dtype_name
 from cvvae.loading import RANDOM_WEIGHTS_NOTICE
 from cvvae.video import frames_to_tensor, probe, read_video, tensor_to_frames, write_video
 
@@ -110,6 +111,19 @@ def test_reconstruct_selection_tiling_and_side_by_side(tmp_path, capsys, clip):
     code, _, _ = run_main(capsys, "reconstruct", clip, tmp_path / "whole.mp4", *TINY, "--no-tiling", "--frames", 2)
     assert code == 0
     assert json.loads((tmp_path / "whole.json").read_text())["tiling"]["enabled"] is False
+
+
+@pytest.mark.parametrize("has_bf16, default", [(True, "bf16"), (False, "fp32")])
+def test_vae_commands_default_to_bf16_on_cpus_that_multiply_it(tmp_path, capsys, clip, monkeypatch, has_bf16, default):
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: has_bf16)
+    assert devices.default_vae_dtype("cpu") == DTYPES[default]
+    assert devices.default_vae_dtype("cuda") == torch.float16  # half precision on a GPU either way
+    assert devices.default_dtype("cpu") == torch.float32  # generation keeps fp32 on a CPU
+    for argv, expected in [((), default), (("--dtype", "fp32"), "fp32"), (("--dtype", "bf16"), "bf16")]:
+        out = tmp_path / f"{expected}-{len(argv)}.mp4"
+        code, _, err = run_main(capsys, "reconstruct", clip, out, *TINY, "--frames", 2, *argv)
+        assert code == 0, err
+        assert json.loads(out.with_suffix(".json").read_text())["dtype"] == dtype_name(DTYPES[expected])
 
 
 def test_encode_decode_round_trip(tmp_path, capsys, clip):

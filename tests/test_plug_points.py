@@ -10,10 +10,11 @@ import torch
 from conftest import CLIP
 from torch.nn import functional as F
 
+from cvvae import devices
 from cvvae.cli import main
 from cvvae.errors import InputError
 from cvvae.pipelines.decoding import CVVAEDecodingMixin, CVVAEVideoOutput
-from cvvae.vaes import VAE_SPECS, VideoVAE, load_video_vae, register_vae
+from cvvae.vaes import VAE_SPECS, VideoVAE, default_dtype_for, load_video_vae, register_vae
 
 # ----------------------------------------------------------------------------- a toy backbone
 
@@ -110,13 +111,17 @@ def pooling_vae(monkeypatch):
     register_vae("pooling", lambda device=None, dtype=None, **_: PoolingVAE().to(device, dtype), "toy")
 
 
-def test_a_registered_vae_runs_through_the_command_line(pooling_vae, tmp_path, capsys):
+def test_a_registered_vae_runs_through_the_command_line(pooling_vae, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)  # CV-VAEs would default to bf16; others stay fp32
+    assert default_dtype_for("pooling", "cpu") == torch.float32 and default_dtype_for("tiny", "cpu") == torch.bfloat16
+    assert default_dtype_for("some/folder", "cpu") == torch.bfloat16  # a CV-VAE folder or hub id
+    assert default_dtype_for("AutoencoderKLWan:some/model", "cpu") == torch.float32
     out = tmp_path / "pooled.mp4"
     assert main(["reconstruct", str(CLIP), str(out), "--model", "pooling", "--frames", "7"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["frames"] == 7 and (result["height"], result["width"]) == (144, 256)  # padded to 8, trimmed
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["vae"]["name"] == "pooling" and meta["vae"]["temporal_factor"] == 2
+    assert meta["vae"]["name"] == "pooling" and meta["vae"]["temporal_factor"] == 2 and meta["dtype"] == "float32"
     assert main(["reconstruct", str(CLIP), str(tmp_path / "t.mp4"), "--model", "pooling", "--no-tiling"]) == 2
     assert "tiling options apply to CV-VAEs" in capsys.readouterr().err
 
