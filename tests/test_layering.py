@@ -94,3 +94,24 @@ def test_command_line_parses_without_torch():
         "'--image', 'x.png', '--out', 'o.mp4']); print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
     )
     assert _run_python(code).strip() == "[]"
+
+
+def test_bad_values_and_missing_models_are_refused_before_torch_is_imported(tmp_path):
+    """The front door answers at once: a value out of range, and an offline model that is not cached."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from cvvae.cli import main; code = main(sys.argv[1:]); "
+        "print(code, sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}
+    base = ["generate", "i2v", "--image", "assets/examples/cat.jpg", "--out", str(tmp_path / "o.mp4")]
+    for extra, message in (
+        (["--num-latent-frames", "999"], "num_latent_frames must be"),
+        (["--preset", "svd-xt"], "cannot be loaded here"),
+    ):
+        run = subprocess.run([sys.executable, "-c", code, *base, *extra], capture_output=True, text=True, cwd=REPO,
+                             env=env, timeout=60)  # fmt: skip
+        assert run.stdout.strip().splitlines()[-1] == "2 []" and message in run.stderr, (extra, run.stderr)

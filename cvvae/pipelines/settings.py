@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, fields, replace
 
 from ..errors import InputError
-from ..tiling import tiling_changes
+from ..tiling_settings import tiling_changes
 from .backbones import MODES, backbones_for, get_backbone
 from .defaults import LIMITS, MAX_GUIDANCE, MIN_GUIDANCE, MOTION_BUCKET_ID, NOISE_AUG_STRENGTH, VAE_CHOICES
 
