@@ -9,12 +9,11 @@ import torch
 from .errors import ModelLoadError
 from .hub import cache_first, looks_local, resolve_subfolder
 from .model import MODEL_CLASSES, CVVAEModel, CVVAESD3Model, _CVVAEFamily
-from .weights import NANO_CVVAE
+from .weights import NANO_CVVAE, RANDOM_WEIGHTS_NOTICE  # noqa: F401 (re-exported)
 
 # CV-VAEs small enough for CPU tests and machines without weights, with the released structures.
 TINY_VAE_CONFIG = dict(ch=8, ch_mult=(1, 1, 2, 2), norm_num_groups=4, num_res_blocks=1)
 TINY_SD3_CONFIG = dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4)
-RANDOM_WEIGHTS_NOTICE = "outputs come from RANDOM weights (the 'tiny' preset): they show the mechanics, not quality"
 # Named models shipped inside the package (package data: config.json + safetensors), so they work
 # from a clone, an editable install and a plain ``pip install .`` alike.
 NAMED_MODELS = {"nano": NANO_CVVAE}

@@ -14,7 +14,6 @@ import torch
 from ..devices import default_dtype, dtype_name, resolve_device
 from ..errors import InputError
 from ..hub import DEFAULT_SUBFOLDER, SD3_SUBFOLDER
-from ..loading import RANDOM_WEIGHTS_NOTICE
 from ..outputs import check_output_path
 from .backbones import get_backbone, output_suffix
 from .presets import PRESETS, Preset, check_models, get_preset, parse_components
@@ -279,8 +278,8 @@ def generate(
     }
     if torch.device(bundle.device).type == "cuda":
         meta["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    if p.random_weights:
-        meta["notice"] = RANDOM_WEIGHTS_NOTICE
+    if p.output_notice:
+        meta["notice"] = p.output_notice
     meta["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 3)  # up to writing
     paths = write_video_and_sidecar(out, frames, fps, meta)  # 4
     total = time.perf_counter() - t_start
