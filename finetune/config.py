@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cvvae import config as config_io
 from cvvae.config import ConfigError
 from cvvae.hub import CVVAE_HUB_ID, DEFAULT_SUBFOLDER
-from cvvae.pipelines.adapters import MODES
+from cvvae.pipelines.adapters import MODES, MODULE_NAME
 from cvvae.pipelines.defaults import LIMITS, MOTION_BUCKET_ID
 
 LORA_LAYERS = ("all", "spatial", "temporal")
@@ -85,6 +86,13 @@ class LoraSettings:
             raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
             raise ConfigError("lora.target_modules must name at least one module (e.g. to_q)")
+        if not isinstance(self.target_modules, list) or not all(
+            isinstance(t, str) and re.fullmatch(MODULE_NAME, t) for t in self.target_modules
+        ):
+            raise ConfigError(
+                f"lora.target_modules must be a list of module names (letters, digits, '_' and '.'), "
+                f"got {self.target_modules!r:.200}"
+            )
         if self.layers not in LORA_LAYERS:
             raise ConfigError(f"lora.layers must be one of {LORA_LAYERS}, got {self.layers!r}")
 

@@ -69,3 +69,36 @@ def make_adapter(folder, mode: str = "lora+conv_out"):
     info = AdapterInfo(mode=mode, peft_config=LoraConfig(**LORA) if "lora" in mode else None, base_unet="tiny", step=7)
     save_adapter(folder, unet, info)
     return unet
+
+
+def wide_png(path: Path, width: int, height: int) -> Path:
+    """A real (few-kilobyte) PNG of an extreme aspect ratio."""
+    from PIL import Image
+
+    Image.new("RGB", (width, height), (200, 100, 50)).save(path)
+    return path
+
+
+def ts_clip(path: Path, *sizes: tuple[int, int], rotation: int = 0) -> Path:
+    """A clip of three frames per ``(height, width)``: MPEG-TS files joined byte by byte change size
+    mid-stream; a ``.mp4`` path gets one size and a display matrix of ``rotation`` degrees."""
+    import av
+    import numpy as np
+
+    data = b""
+    for h, w in sizes:
+        part = path.with_suffix(f".{h}x{w}{path.suffix}")
+        with av.open(str(part), "w", format="mp4" if path.suffix == ".mp4" else "mpegts") as c:
+            s = c.add_stream("libx264", rate=12)
+            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            if rotation:
+                s.set_display_rotation(rotation)
+            frame = np.zeros((h, w, 3), np.uint8)
+            frame[: h // 4, : w // 4] = 255  # a white corner shows which way the frames turned
+            for _ in range(3):
+                c.mux(s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            c.mux(s.encode())
+        data += part.read_bytes()
+        part.unlink()
+    path.write_bytes(data)
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import urllib.error
@@ -11,6 +12,7 @@ import urllib.request
 import gradio as gr
 import numpy as np
 import pytest
+from conftest import ts_clip, wide_png
 
 from app.__main__ import REAL_WEIGHTS_HINT, choose_preset, main, parse_args, weights_reachable
 from app.handlers import (
@@ -198,6 +200,22 @@ def test_handlers_refuse_bad_input_with_actionable_errors(handlers, tmp_path):
         ("prompt", lambda: handlers.compare_sd3("", 0, 2, "64x64")),
         ("upload an image", lambda: handlers.compare(None, 0, 2, 2, "64x64", ADAPTER_NONE)),
         ("multiples of 64", lambda: handlers.compare(str(IMAGE), 0, 2, 2, "100x60", ADAPTER_NONE)),
+        (
+            "fps must be",
+            lambda: handlers.image_to_video(
+                str(IMAGE), 0, 2, 1.0, 3.0, 127, math.nan, 2, "64x64", 0.02, "off", "none"
+            ),
+        ),
+        (  # a 3 KB upload that would ask for gigabytes once resized
+            "scale it down",
+            lambda: handlers.image_to_video(
+                str(wide_png(tmp_path / "w.png", 1000000, 1)), 0, 2, 1.0, 3.0, 127, 8, 2, "64x64", 0.02, "off", "none"
+            ),
+        ),
+        (
+            "changes frame size",
+            lambda: handlers.reconstruct(str(ts_clip(tmp_path / "c.ts", (32, 64), (64, 64))), 5, "128", "off"),
+        ),  # fmt: skip
     ]
     for match, call in cases:
         with pytest.raises(gr.Error, match=match) as err:

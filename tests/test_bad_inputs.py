@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
-from conftest import CLIP, IMAGE
+from conftest import CLIP, IMAGE, ts_clip, wide_png
 from safetensors.torch import save_file
 
 from app.__main__ import main as app_main
@@ -35,39 +35,6 @@ def png_header(path: Path, width: int, height: int) -> Path:
     chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"\0" * 64)), (b"IEND", b"")]
     body = b"".join(struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d)) for t, d in chunks)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
-    return path
-
-
-def wide_png(path: Path, width: int, height: int) -> Path:
-    """A real (few-kilobyte) PNG of an extreme aspect ratio."""
-    from PIL import Image
-
-    Image.new("RGB", (width, height), (200, 100, 50)).save(path)
-    return path
-
-
-def ts_clip(path: Path, *sizes: tuple[int, int], rotation: int = 0) -> Path:
-    """A clip of three frames per ``(height, width)``: MPEG-TS files joined byte by byte change size
-    mid-stream; a ``.mp4`` path gets one size and a display matrix of ``rotation`` degrees."""
-    import av
-    import numpy as np
-
-    data = b""
-    for h, w in sizes:
-        part = path.with_suffix(f".{h}x{w}{path.suffix}")
-        with av.open(str(part), "w", format="mp4" if path.suffix == ".mp4" else "mpegts") as c:
-            s = c.add_stream("libx264", rate=12)
-            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-            if rotation:
-                s.set_display_rotation(rotation)
-            frame = np.zeros((h, w, 3), np.uint8)
-            frame[: h // 4, : w // 4] = 255  # a white corner shows which way the frames turned
-            for _ in range(3):
-                c.mux(s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            c.mux(s.encode())
-        data += part.read_bytes()
-        part.unlink()
-    path.write_bytes(data)
     return path
 
 
@@ -262,6 +229,8 @@ CASES = [
                                                      source=wide_png(d / "w.png", 8000, 1)), "aspect ratio"),
     ("8192x8192 video", cvvae_main, lambda d: rec(d, "--height", "64", "--width", "64",
                                                   source=ts_clip(d / "big.ts", (8192, 8192))), "scale it down"),
+    ("rotated 45 degrees", cvvae_main, lambda d: rec(d, source=ts_clip(d / "r.mp4", (32, 64), rotation=45)),
+     "quarter turns"),
     ("size changes mid-stream", cvvae_main, lambda d: rec(d, source=ts_clip(d / "c.ts", (32, 64), (64, 64))),
      "changes frame size"),
     # outputs: never an input, video and sidecar together
@@ -327,6 +296,9 @@ CASES = [
     ("SVD not cached, offline", cvvae_main, lambda d: ["generate", "i2v", "--preset", "svd-xt", "--image",
                                                        str(IMAGE), "--out", str(d / "o.mp4")],
      '--include "*.fp16.safetensors"'),
+    ("CV-VAE and SVD not cached: both named", cvvae_main, lambda d: ["generate", "i2v", "--preset", "svd-xt",
+                                                                     "--image", str(IMAGE), "--out", str(d / "o.mp4")],
+     "2 model(s) cannot be loaded"),
     ("existing sidecar", cvvae_main, existing_output, "--overwrite"),
     pytest.param("read-only folder", cvvae_main, readonly_folder, "writable",
                  marks=pytest.mark.skipif(ROOT, reason="root writes into read-only folders")),
@@ -341,6 +313,8 @@ CASES = [
     ("batch not UTF-8", batch_main, lambda d: batch_bytes(d, b'{"id": "\xff"}\n'), "UTF-8"),
     ("batch 2nd job image 1000000x1", batch_main,
      lambda d: batch(d, T2V + "\n" + i2v_job(image=str(wide_png(d / "w.png", 1000000, 1)))), "scale it down"),
+    ("batch 2nd job image URL", batch_main,
+     lambda d: batch(d, T2V + "\n" + i2v_job(image="http://127.0.0.1:9/a.png")), "not a file"),
     ("batch 2nd job image not an image", batch_main,
      lambda d: batch(d, T2V + "\n" + i2v_job(image=str(copy(CLIP, d / "n.png")))), "not a readable image"),
     ("batch 2nd job adapter missing", batch_main,
@@ -362,6 +336,8 @@ CASES = [
     ("yaml nested 10000 deep", finetune_main, lambda d: yaml_file(d, "a: " + "[" * 10000 + "]" * 10000), "nested"),
     ("yaml 2 MB", finetune_main, lambda d: yaml_file(d, "# " + "x" * 2_000_000), "larger than"),
     ("config not UTF-8", finetune_main, lambda d: yaml_file(d, "train:\n  seed: \udcff"), "YAML"),
+    ("lora target not a module name", finetune_main, lambda d: ["train", 'lora.target_modules=["(to_q"]'],
+     "lora.target_modules"),
     ("learning rate inf", finetune_main, lambda d: ["train", "train.learning_rate=.inf"], "finite"),
     ("max steps inf", finetune_main, lambda d: ["train", "train.max_steps=.inf"], "integer"),
     ("vae training steps nan", training_main, lambda d: ["steps=.nan"], "integer"),

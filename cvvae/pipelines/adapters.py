@@ -121,6 +121,7 @@ LORA_FIELDS = {
 }
 LORA_CHOICES = {"bias": ("none",), "init_lora_weights": (True, False, "gaussian")}
 MAX_PATTERN = 1000  # characters of a target_modules regular expression
+MODULE_NAME = r"[\w.]{1,200}"  # a target_modules entry that is a module name, not a pattern
 MATCH_SECONDS = 0.05  # per module name: a pathological expression is refused instead of hanging
 
 
@@ -155,7 +156,7 @@ def lora_settings(data: dict) -> dict:
         except regex.error as err:
             raise InputError(f"LoRA target_modules is not a valid regular expression ({err})") from err
     elif isinstance(targets, list) and not all(
-        isinstance(t, str) and regex.fullmatch(r"[\w.]{1,200}", t) for t in targets
+        isinstance(t, str) and regex.fullmatch(MODULE_NAME, t) for t in targets
     ):
         raise InputError("LoRA target_modules must be module names (letters, digits, '_' and '.') or one pattern")
     return kept
