@@ -23,7 +23,7 @@ def strict_fp32():
 
 
 def test_parity_on_cuda(parity_dir):
-    model = CVVAEModel.from_pretrained(parity_dir, torch_dtype=torch.float32).cuda().eval()
+    model = CVVAEModel.from_pretrained(parity_dir, dtype=torch.float32).cuda().eval()
     ref = load_file(parity_dir / "io.safetensors")
     x = (ref["video_u8"].float() / 127.5 - 1).cuda()
     with torch.no_grad():

@@ -15,7 +15,7 @@ from cvvae import CVVAEModel, InputError, ModelLoadError, TilingSettings, latent
 
 @pytest.fixture(scope="module")
 def parity(parity_dir):
-    model = CVVAEModel.from_pretrained(parity_dir, torch_dtype=torch.float32).eval()
+    model = CVVAEModel.from_pretrained(parity_dir, dtype=torch.float32).eval()
     return model, load_file(parity_dir / "io.safetensors")
 
 

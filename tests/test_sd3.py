@@ -18,7 +18,7 @@ from cvvae.loading import build_tiny_vae, load_vae
 
 @pytest.fixture(scope="module")
 def parity():
-    model = CVVAESD3Model.from_pretrained(SD3_PARITY, torch_dtype=torch.float32).eval()
+    model = CVVAESD3Model.from_pretrained(SD3_PARITY, dtype=torch.float32).eval()
     return model, load_file(SD3_PARITY / "io.safetensors")
 
 

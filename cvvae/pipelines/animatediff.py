@@ -15,6 +15,7 @@ from diffusers.video_processor import VideoProcessor
 
 from ..errors import InputError
 from .decoding import CVVAEDecodingMixin, CVVAEVideoOutput, check_frames_and_size, check_output_choices
+from .defaults import ANIMATEDIFF
 
 
 def check_prompt(prompt) -> str:
@@ -62,12 +63,12 @@ class CVVAEAnimateDiffPipeline(CVVAEDecodingMixin, AnimateDiffPipeline):
         self,
         prompt: str,
         negative_prompt: str | None = None,
-        num_latent_frames: int = 16,
-        height: int = 512,
-        width: int = 512,
-        num_inference_steps: int = 25,
-        guidance_scale: float = 7.5,
-        fps: float = 32.0,
+        num_latent_frames: int = ANIMATEDIFF.num_latent_frames,
+        height: int = ANIMATEDIFF.height,
+        width: int = ANIMATEDIFF.width,
+        num_inference_steps: int = ANIMATEDIFF.steps,
+        guidance_scale: float = ANIMATEDIFF.guidance,
+        fps: float = ANIMATEDIFF.fps,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",

@@ -26,8 +26,8 @@ def from_pretrained(cls, name: str, what: str, dtype, **kwargs):
     for extra in attempts:
         try:
             if local:
-                return cls.from_pretrained(name, torch_dtype=dtype, **kwargs, **extra)
-            return cache_first(cls.from_pretrained, name, torch_dtype=dtype, **kwargs, **extra)
+                return cls.from_pretrained(name, dtype=dtype, **kwargs, **extra)
+            return cache_first(cls.from_pretrained, name, dtype=dtype, **kwargs, **extra)
         except ModelLoadError:
             raise  # the hub cannot be reached: no point trying other variants
         except (OSError, ValueError) as e:  # missing files, no such variant

@@ -13,6 +13,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
 from .animatediff import check_prompt
 from .decoding import CVVAEDecodingMixin, CVVAEVideoOutput, check_frames_and_size
+from .defaults import SVD_XT
 from .svd import CVVAEVideoPipeline
 
 
@@ -102,11 +103,11 @@ class CVVAETextImageVideoPipeline(CVVAEDecodingMixin, DiffusionPipeline):
         self,
         prompt: str,
         negative_prompt: str | None = None,
-        guidance_scale: float = 7.5,
-        num_inference_steps: int = 25,
-        height: int = 576,
-        width: int = 1024,
-        num_latent_frames: int = 25,
+        guidance_scale: float = SVD_XT.guidance,
+        num_inference_steps: int = SVD_XT.steps,
+        height: int = SVD_XT.height,
+        width: int = SVD_XT.width,
+        num_latent_frames: int = SVD_XT.num_latent_frames,
         generator: torch.Generator | None = None,
         return_dict: bool = True,
         **video_kwargs,
