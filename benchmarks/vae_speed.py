@@ -363,7 +363,7 @@ def write_reports(rows: list[dict], args) -> None:
         "PSNR vs fp32",
         "chosen (est. GiB)",
     ]
-    release_dtype = NAMES[default_dtype(getattr(args, "device", "cpu"))]  # fp16 on CUDA, fp32 on a CPU
+    release_dtype = NAMES[default_dtype(args.device)]  # fp16 on CUDA, fp32 on a CPU
     baseline = "release-code" if any(r["tiling"] == "release-code" and "seconds" in r for r in rows) else "release"
     release = {(r["work"], r["frames"], r["height"], r["width"], r["dtype"]): r.get("seconds") for r in rows
                if r["tiling"] == baseline}  # fmt: skip

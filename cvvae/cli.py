@@ -149,7 +149,7 @@ def _model_loader(args: argparse.Namespace):
         from .vaes import default_dtype_for, load_video_vae
 
         device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device, default=lambda device: default_dtype_for(args.model, device))
+        dtype = resolve_dtype(args.dtype, device) if args.dtype else default_dtype_for(args.model, device)
         vae = load_video_vae(args.model, device, dtype, subfolder=args.subfolder, allow_pickle=args.allow_pickle)
         if vae.random_weights:
             print(f"note: {RANDOM_WEIGHTS_NOTICE}", file=sys.stderr)

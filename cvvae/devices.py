@@ -51,10 +51,10 @@ def default_vae_dtype(device: str | torch.device) -> torch.dtype:
     return default_dtype(device)
 
 
-def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device, default=default_dtype) -> torch.dtype:
-    """``fp32``/``fp16``/``bf16`` or a torch dtype; ``None`` means ``default(device)`` (:func:`default_dtype`)."""
+def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    """``fp32``/``fp16``/``bf16`` or a torch dtype; ``None`` means :func:`default_dtype`."""
     if name is None:
-        return default(device)
+        return default_dtype(device)
     if isinstance(name, torch.dtype):
         return name
     if name not in DTYPES:

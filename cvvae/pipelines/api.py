@@ -278,8 +278,8 @@ def generate(
     }
     if torch.device(bundle.device).type == "cuda":
         meta["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    if p.output_notice:
-        meta["notice"] = p.output_notice
+    if p.notice:
+        meta["notice"] = p.notice
     meta["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 3)  # up to writing
     paths = write_video_and_sidecar(out, frames, fps, meta)  # 4
     total = time.perf_counter() - t_start
